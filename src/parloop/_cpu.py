@@ -1,0 +1,107 @@
+"""How many CPUs this process may really use.
+
+``os.cpu_count()`` reports the host. A container limited by a cgroup quota, or a
+process pinned with ``taskset``, may use far fewer; a pool sized to the host
+then oversubscribes and runs slower than a plain loop.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CpuReport", "cpu_count", "cpu_report"]
+
+
+@dataclass(frozen=True)
+class CpuReport:
+    """``usable`` CPUs and the limits it was derived from (None: no such limit)."""
+
+    usable: int
+    host: int
+    affinity: int | None
+    cgroup_quota: float | None
+
+    @property
+    def reason(self) -> str:
+        limits = [f"host {self.host}"]
+        if self.affinity is not None:
+            limits.append(f"affinity mask {self.affinity}")
+        if self.cgroup_quota is not None:
+            limits.append(f"cgroup quota {self.cgroup_quota:g}")
+        return f"{self.usable} usable ({', '.join(limits)})"
+
+
+def _affinity() -> int | None:
+    getter = getattr(os, "sched_getaffinity", None)
+    if getter is None:
+        return None
+    try:
+        return len(getter(0))
+    except OSError:
+        return None
+
+
+def _cgroup_v2_quota(root: Path) -> float | None:
+    # Walk from this process's cgroup up to the root: a parent's limit binds too.
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    relative = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), None)
+    if relative is None:
+        return None
+    best: float | None = None
+    directory = root / relative.lstrip("/")
+    while True:
+        try:
+            quota, period = (directory / "cpu.max").read_text().split()
+            if quota != "max":
+                value = int(quota) / int(period)
+                best = value if best is None else min(best, value)
+        except (OSError, ValueError):
+            pass
+        if directory == root or directory.parent == directory:
+            return best
+        directory = directory.parent
+
+
+def _cgroup_v1_quota(root: Path) -> float | None:
+    try:
+        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    if quota <= 0 or period <= 0:
+        return None
+    return quota / period
+
+
+def cpu_report(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> CpuReport:
+    """The usable CPU count with each limit that went into it."""
+    root = Path(cgroup_root)
+    host = os.cpu_count() or 1
+    affinity = _affinity()
+    quota = _cgroup_v2_quota(root)
+    if quota is None:
+        quota = _cgroup_v1_quota(root)
+    usable = host
+    if affinity is not None:
+        usable = min(usable, affinity)
+    if quota is not None:
+        usable = min(usable, math.ceil(quota))
+    return CpuReport(usable=max(1, usable), host=host, affinity=affinity, cgroup_quota=quota)
+
+
+def cpu_count() -> int:
+    """The number of CPUs this process can actually use, never below 1.
+
+    It is the smallest of ``os.cpu_count()``, the scheduler affinity mask
+    (``taskset``) and the cgroup v2 ``cpu.max`` (or v1 CFS) quota, rounded up.
+
+    >>> cpu_count() >= 1
+    True
+    """
+    return cpu_report().usable

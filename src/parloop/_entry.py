@@ -1,0 +1,118 @@
+"""The public ``parallel_for`` with its typed overloads."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, Literal, TypeVar, overload
+
+from typing_extensions import Concatenate, ParamSpec
+
+from ._api import _MISSING, ParallelFor, parallel_for_impl
+from ._types import LoopDecorator, ParallelFunction
+
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+Backend = Literal["auto", "process", "thread", "serial", "dask", "ray"]
+StartMethod = Literal["fork", "spawn", "forkserver"]
+
+
+@overload
+def parallel_for(
+    fn: Callable[Concatenate[T, P], R], /, *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise"] = ...,
+    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFunction[T, P, R]: ...
+
+
+@overload
+def parallel_for(
+    fn: Callable[Concatenate[T, P], R], /, *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["return"],
+    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFunction[T, P, R | BaseException]: ...
+
+
+@overload
+def parallel_for(
+    fn: Callable[..., R], /, *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
+    star: Literal[True], progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFunction[Iterable[Any], [], R]: ...
+
+
+@overload
+def parallel_for(
+    items: Iterable[T], /, *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
+    star: bool = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> LoopDecorator[T]: ...
+
+
+@overload
+def parallel_for(
+    *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
+    star: bool = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFor: ...
+
+
+def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:
+    """Run a per-item function over many items on every CPU.
+
+    Five forms::
+
+        @parallel_for                        # decorate: square(items) -> list
+        def square(x): return x * x
+
+        @parallel_for(workers=4, ordered=False)   # decorate, with options
+
+        psqrt = parallel_for(math.sqrt)      # wrap an existing callable
+
+        @parallel_for(range(10))             # loop form: runs now, the name
+        def squares(i): return i * i         # is bound to the list of results
+
+        with parallel_for(workers=4) as pool:    # block: one pool for every
+            a = square(range(100))               # call inside it
+            b = pool.map(len, ["a", "bb"])
+
+    A decorated ``f`` is called as ``f(items, *args, **kwargs)`` and returns
+    ``[f(item, *args, **kwargs) for item in items]``; ``f.iter(...)`` yields
+    lazily; ``f.last_plan`` says how the last call ran and why.
+
+    Options (keyword-only): ``workers`` (None: all usable CPUs or
+    ``$PARLOOP_WORKERS``; -1 all, -2 all but one), ``backend`` ("auto",
+    "process", "thread", "serial", "dask", "ray"), ``ordered``, ``chunksize``
+    (None: measured), ``timeout`` (seconds per item), ``errors`` ("raise" or
+    "return": an item's exception takes its result's place), ``star`` (each
+    item is a tuple of arguments), ``progress`` (True, or a callable
+    ``(done, total)``), ``start_method``, ``retries`` and ``retry_on``,
+    ``client`` and ``address`` (Dask / Ray).
+
+    Raises TypeError for a wrong option type or an unknown option, ValueError
+    for a bad value, :class:`~parloop.UnpicklableError` when work must go to
+    a process and cannot be pickled, and whatever your function raised, with
+    a note naming the item.
+    """
+    return parallel_for_impl(target, options)

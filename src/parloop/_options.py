@@ -1,0 +1,174 @@
+"""The options every form of ``parallel_for`` takes, their validation, and how
+a decorator's options combine with those of the enclosing ``with`` block.
+
+Precedence, strongest first: options given to the decorator, options of the
+innermost active block, the defaults below. Blocks live in a ContextVar, so a
+thread or an asyncio task never sees another one's block.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING, Any, Literal
+
+from ._cpu import cpu_count
+
+if TYPE_CHECKING:
+    from ._scope import Block
+
+__all__ = ["BACKENDS", "Options", "active_block", "resolve", "validate"]
+
+BackendName = Literal["auto", "process", "thread", "serial", "dask", "ray"]
+BACKENDS: tuple[str, ...] = ("auto", "process", "thread", "serial", "dask", "ray")
+START_METHODS = ("fork", "spawn", "forkserver")
+ProgressCallback = Callable[[int, "int | None"], None]
+
+
+@dataclass(frozen=True)
+class Options:
+    """One fully resolved set of options for one call."""
+
+    workers: int | None = None
+    backend: str = "auto"
+    ordered: bool = True
+    chunksize: int | None = None
+    timeout: float | None = None
+    errors: str = "raise"
+    star: bool = False
+    progress: bool | ProgressCallback = False
+    start_method: str | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = ()
+    client: Any = None
+    address: str | None = None
+
+    def worker_count(self) -> int:
+        """``workers`` as a positive count of processes or threads."""
+        return resolve_workers(self.workers)
+
+
+NAMES = tuple(f.name for f in fields(Options))
+
+
+def resolve_workers(workers: int | None) -> int:
+    if workers is None:
+        env = os.environ.get("PARLOOP_WORKERS")
+        if env:
+            try:
+                workers = int(env)
+            except ValueError:
+                raise ValueError(f"PARLOOP_WORKERS={env!r} is not an integer") from None
+            if workers == 0:
+                raise ValueError("PARLOOP_WORKERS=0: use a positive count, or -1 for all CPUs")
+        else:
+            return cpu_count()
+    if workers > 0:
+        return workers
+    return max(1, cpu_count() + 1 + workers)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check(name: str, value: Any) -> None:
+    """Raise TypeError for a wrong type and ValueError for a bad value."""
+    def wrong(expected: str) -> TypeError:
+        return TypeError(f"parallel_for option {name!r} must be {expected}, "
+                         f"got {type(value).__name__} {value!r}")
+
+    if name == "workers":
+        if value is not None and not _is_int(value):
+            raise wrong("an int or None")
+        if value == 0:
+            raise ValueError("parallel_for option 'workers' cannot be 0: use a positive "
+                             "count, None for all usable CPUs, -1 for all, -2 for all but one")
+    elif name == "backend":
+        if not isinstance(value, str):
+            raise wrong("a string")
+        if value not in BACKENDS:
+            raise ValueError(f"parallel_for option 'backend' must be one of {BACKENDS}, "
+                             f"got {value!r}")
+    elif name in ("ordered", "star"):
+        if not isinstance(value, bool):
+            raise wrong("True or False")
+    elif name == "chunksize":
+        if value is not None and not _is_int(value):
+            raise wrong("a positive int or None")
+        if value is not None and value < 1:
+            raise ValueError(f"parallel_for option 'chunksize' must be >= 1, got {value}")
+    elif name == "timeout":
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise wrong("a number of seconds or None")
+        if value is not None and not value > 0:
+            raise ValueError(f"parallel_for option 'timeout' must be > 0 seconds, got {value}")
+    elif name == "errors":
+        if not isinstance(value, str):
+            raise wrong("'raise' or 'return'")
+        if value not in ("raise", "return"):
+            raise ValueError(f"parallel_for option 'errors' must be 'raise' or 'return', "
+                             f"got {value!r}")
+    elif name == "progress":
+        if not isinstance(value, bool) and not callable(value):
+            raise wrong("True, False or a callable (done, total)")
+    elif name == "start_method":
+        if value is not None and not isinstance(value, str):
+            raise wrong("a string or None")
+        if value is not None and value not in START_METHODS:
+            raise ValueError(f"parallel_for option 'start_method' must be one of "
+                             f"{START_METHODS} or None, got {value!r}")
+    elif name == "retries":
+        if not _is_int(value):
+            raise wrong("an int")
+        if value < 0:
+            raise ValueError(f"parallel_for option 'retries' must be >= 0, got {value}")
+    elif name == "retry_on":
+        if isinstance(value, type):
+            value = (value,)
+        if not isinstance(value, tuple) or not all(
+                isinstance(t, type) and issubclass(t, BaseException) for t in value):
+            raise wrong("an exception class or a tuple of them")
+    elif name == "address":
+        if value is not None and not isinstance(value, str):
+            raise wrong("a string such as 'tcp://host:8786' or None")
+
+
+def validate(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Check each given option; return them normalised. Unknown names are a TypeError."""
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if name not in NAMES:
+            close = difflib.get_close_matches(name, NAMES, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(NAMES)}"
+            raise TypeError(f"parallel_for got an unknown option {name!r}{hint}")
+        _check(name, value)
+        if name == "retry_on" and isinstance(value, type):
+            value = (value,)
+        out[name] = value
+    return out
+
+
+_block: ContextVar[Block | None] = ContextVar("parloop_block", default=None)
+
+
+def active_block() -> Block | None:
+    """The innermost ``with parallel_for(...)`` block of this context, if any."""
+    return _block.get()
+
+
+def block_var() -> ContextVar[Block | None]:
+    return _block
+
+
+def resolve(explicit: Mapping[str, Any], block: Block | None) -> Options:
+    """Defaults, overridden by the block's options, overridden by ``explicit``."""
+    if block is None:
+        return Options(**explicit) if explicit else _DEFAULTS
+    return Options(**{**block.options, **explicit})
+
+
+_DEFAULTS = Options()

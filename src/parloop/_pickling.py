@@ -1,0 +1,225 @@
+"""Sending functions to workers, and saying exactly what cannot be sent.
+
+Functions travel by reference when they can be imported, and by value
+(cloudpickle) when they cannot: lambdas, closures, functions defined in a
+notebook. A function decorated with ``@parallel_for`` is a special case. Its
+module attribute is the wrapper, so plain pickle refuses it ("not the same
+object") and cloudpickle would ship its body by value. We ship a reference
+that resolves to the *undecorated* function in the worker, so a worker never
+calls the wrapper and never dispatches again.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import io
+import pickle
+import sys
+import types
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import cloudpickle
+
+from .errors import UnpicklableError, short_repr
+
+__all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads"]
+
+PROTOCOL = 5
+loads = pickle.loads
+
+
+def is_wrapper(obj: object) -> bool:
+    """True for the object that ``@parallel_for`` returns (checked on the type:
+    a wrapt proxy answers attribute questions on behalf of what it wraps)."""
+    return getattr(type(obj), "_parloop_wrapper", False) is True
+
+
+def _unwrap(obj: Any) -> Any:
+    while True:
+        if is_wrapper(obj):
+            obj = obj.__wrapped__
+        elif isinstance(obj, (staticmethod, classmethod)):
+            obj = obj.__func__
+        else:
+            return obj
+
+
+def _lookup(module_name: str, qualname: str) -> Any:
+    # vars(), not getattr(): getattr on a class would bind the wrapper.
+    owner: Any = importlib.import_module(module_name) if module_name not in sys.modules \
+        else sys.modules[module_name]
+    for part in qualname.split("."):
+        owner = vars(owner)[part] if hasattr(owner, "__dict__") and part in vars(owner) \
+            else getattr(owner, part)
+    return owner
+
+
+def load_unwrapped(module_name: str, qualname: str) -> Any:
+    """Worker side: the undecorated function behind ``module.qualname``."""
+    return _unwrap(_lookup(module_name, qualname))
+
+
+def load_wrapper(module_name: str, qualname: str) -> Any:
+    """Worker side: the decorated function itself (passed around as data)."""
+    return _lookup(module_name, qualname)
+
+
+def _reference(fn: Any) -> tuple[str, str] | None:
+    """``(module, qualname)`` if that name resolves, through wrappers, to ``fn``."""
+    module_name = getattr(fn, "__module__", None)
+    qualname = getattr(fn, "__qualname__", None)
+    if not module_name or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
+        return None
+    module = sys.modules.get(module_name)
+    if module is None:
+        return None
+    try:
+        found = _lookup(module_name, qualname)
+    except (AttributeError, KeyError, ImportError):
+        return None
+    if found is fn or not (is_wrapper(found) or isinstance(found, (staticmethod, classmethod))):
+        return None
+    return (module_name, qualname) if _unwrap(found) is fn else None
+
+
+class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+    def reducer_override(self, obj: Any) -> Any:
+        if is_wrapper(obj):
+            ref = _reference(obj.__wrapped__)
+            if ref is not None:
+                return load_wrapper, ref
+        elif isinstance(obj, types.FunctionType):
+            ref = _reference(obj)
+            if ref is not None:
+                return load_unwrapped, ref
+        return super().reducer_override(obj)
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle functions and their arguments: by reference where possible,
+    by value otherwise, unwrapping parloop wrappers."""
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _fails(obj: Any) -> BaseException | None:
+    try:
+        dumps(obj)
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _type_name(obj: Any) -> str:
+    cls = type(obj)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _deepest(obj: Any, path: str, depth: int = 0) -> tuple[str, Any]:
+    """Follow containers and attributes down to the innermost unpicklable part."""
+    if depth < 4:
+        children: Iterable[tuple[str, Any]] = ()
+        if isinstance(obj, (list, tuple, set, frozenset)):
+            children = ((f"{path}[{i}]", x) for i, x in enumerate(list(obj)[:100]))
+        elif isinstance(obj, dict):
+            children = ((f"{path}[{k!r}]", v) for k, v in list(obj.items())[:100])
+        elif isinstance(obj, types.FunctionType):
+            children = _captured(obj)
+        elif hasattr(obj, "__dict__") and not isinstance(obj, (type, types.ModuleType)):
+            children = ((f"{path}.{k}", v) for k, v in list(vars(obj).items())[:100])
+        for child_path, child in children:
+            if _fails(child) is not None:
+                return _deepest(child, child_path, depth + 1)
+    return path, obj
+
+
+def _global_names(code: types.CodeType) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names |= _global_names(const)
+    return names
+
+
+def _captured(fn: types.FunctionType) -> list[tuple[str, Any]]:
+    """What a function would carry with it: closure cells, then used globals."""
+    out: list[tuple[str, Any]] = []
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+        try:
+            out.append((f"function {fn.__name__!r} captures {name!r}", cell.cell_contents))
+        except ValueError:  # an empty cell
+            continue
+    for name in sorted(_global_names(fn.__code__)):
+        if name in fn.__globals__:
+            out.append((f"function {fn.__name__!r} uses global {name!r}", fn.__globals__[name]))
+    return out
+
+
+def _describe_function(fn: Any) -> str:
+    if isinstance(fn, types.MethodType):
+        if _fails(fn.__self__) is not None:
+            path, part = _deepest(fn.__self__, f"the instance of method {fn.__name__!r}")
+            return f"{path}: {short_repr(part)} ({_type_name(part)}) cannot be pickled"
+        fn = fn.__func__
+    if hasattr(fn, "func") and hasattr(fn, "keywords"):  # functools.partial
+        for label, value in [("its function", fn.func), *[(f"its argument #{i}", a) for i, a in
+                             enumerate(fn.args)], *[(f"its argument {k!r}", v) for k, v in
+                             fn.keywords.items()]]:
+            if _fails(value) is not None:
+                return f"partial {label}: {_describe_function(value) if callable(value) else short_repr(value)}"
+    if isinstance(fn, types.FunctionType):
+        for label, value in _captured(fn):
+            if _fails(value) is not None:
+                path, part = _deepest(value, label)
+                return f"{path} ({_type_name(part)}), which cannot be pickled"
+    return f"function {getattr(fn, '__qualname__', short_repr(fn))!r} cannot be pickled"
+
+
+def _argument_names(fn: Callable[..., Any], args: tuple[Any, ...], star: bool) -> list[str]:
+    if not star:
+        try:
+            params = list(inspect.signature(fn).parameters.values())[1:]
+            names = [p.name for p in params
+                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+            if len(names) >= len(args):
+                return names[:len(args)]
+        except (TypeError, ValueError):
+            pass
+    return [f"#{i + 1}" for i in range(len(args))]
+
+
+def explain_unpicklable(fn: Callable[..., Any], args: tuple[Any, ...],
+                        kwargs: dict[str, Any], star: bool = False) -> UnpicklableError | None:
+    """An UnpicklableError naming the first part of a call that cannot be
+    pickled, or None when the whole call pickles."""
+    error = _fails(fn)
+    if error is not None:
+        return _error(_describe_function(fn), error)
+    named = list(zip(_argument_names(fn, args, star), args)) + list(kwargs.items())
+    for name, value in named:
+        error = _fails(value)
+        if error is not None:
+            path, part = _deepest(value, f"argument {name!r}")
+            return _error(f"{path}: {short_repr(part)} ({_type_name(part)}) cannot be pickled", error)
+    return None
+
+
+def explain_item(index: int, item: Any) -> UnpicklableError | None:
+    """An UnpicklableError naming what in item ``index`` cannot be pickled."""
+    error = _fails(item)
+    if error is None:
+        return None
+    path, part = _deepest(item, f"item #{index}")
+    return _error(f"{path}: {short_repr(part)} ({_type_name(part)}) cannot be pickled", error)
+
+
+def _error(message: str, cause: BaseException) -> UnpicklableError:
+    error = UnpicklableError(
+        f"{message} [{type(cause).__name__}: {cause}]. To fix: pass something picklable "
+        "(create the resource inside the function), or use backend='thread', which "
+        "pickles nothing.")
+    error.__cause__ = cause
+    return error

@@ -1,0 +1,5 @@
+"""Process-wide facts the planner consults."""
+
+#: True inside a parloop worker process: a nested parallel_for runs serially
+#: there, so a pool never starts a pool (no fork bombs).
+IN_WORKER = False

@@ -1,0 +1,61 @@
+"""Turning what a worker sent back into an :class:`Outcome`."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from typing import Any
+
+from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
+from .base import Chunk, Outcome
+
+__all__ = ["crash_outcome", "decode_done", "rebuild_exception"]
+
+
+def rebuild_exception(blob: bytes | None, type_name: str, message: str,
+                      text: str) -> BaseException:
+    """The worker's exception with its own type, the worker traceback as cause."""
+    exc: BaseException | None = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = ParloopError(f"{type_name}: {message} (raised in a worker; the exception "
+                           "itself could not be sent back)")
+    if text:
+        exc.__cause__ = RemoteTraceback(text)
+    return exc
+
+
+def decode_done(chunk: Chunk, start: int, blobs: list[bytes | None],
+                errors: dict[int, tuple[bytes | None, str, str, str]], busy: float,
+                worker: str) -> Outcome:
+    values: list[Any] = []
+    failed: dict[int, BaseException] = {}
+    for offset, blob in enumerate(blobs):
+        if blob is None:
+            values.append(None)
+            continue
+        try:
+            values.append(pickle.loads(blob))
+        except Exception as exc:
+            values.append(None)
+            error = RemoteUnpicklingError(
+                f"the result of item #{start + offset} could not be unpickled in the caller: "
+                f"{type(exc).__name__}: {exc}")
+            error.__cause__ = exc
+            failed[start + offset] = error
+    for offset, info in errors.items():
+        failed[start + offset] = rebuild_exception(*info)
+    return Outcome(chunk.job.id, start, values, failed, busy, worker)
+
+
+def crash_outcome(chunk: Chunk, start: int, error: BaseException,
+                  end: int | None = None) -> Outcome:
+    """Items ``start .. end - 1`` of ``chunk`` all failed with ``error``."""
+    stop = chunk.start + len(chunk.items) if end is None else end
+    errors = {index: error if index == stop - 1 else copy.copy(error)
+              for index in range(start, stop)}
+    return Outcome(chunk.job.id, start, [None] * (stop - start), errors)

@@ -1,0 +1,212 @@
+"""The loop each worker process runs. See ``process.py`` for the whole picture.
+
+Two threads share the worker's end of the pipe:
+
+* the receiver thread reads every message as soon as it arrives. The caller
+  can therefore always finish a send (no deadlock when both sides push
+  hundreds of MB at once), a cancel takes effect between items, and the
+  worker exits on its own when the caller dies (the pipe hits EOF).
+* the main thread runs items and sends results, flushing partial results
+  every ``flush`` seconds so a crash loses little.
+
+Before each item the worker writes the item's index and start time into a
+small shared array (``status``). The caller reads it to enforce ``timeout=``
+from the moment an item *starts*, and to know which item a dead worker held.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable, MutableSequence
+from typing import Any
+
+import cloudpickle
+
+from .. import _state
+
+IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
+PROTOCOL = 5
+BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                  "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def dump_value(value: Any) -> bytes:
+    """Items and results: the C pickler, falling back to cloudpickle for
+    values plain pickle refuses (a lambda returned as a result)."""
+    try:
+        return pickle.dumps(value, PROTOCOL)
+    except Exception:
+        return cloudpickle.dumps(value, PROTOCOL)  # type: ignore[no-any-return]
+
+
+def capture(exc: BaseException) -> tuple[bytes | None, str, str, str]:
+    """An exception as (pickled or None, type name, message, formatted traceback)."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None  # tracebacks do not pickle; the text carries them
+    try:
+        blob: bytes | None = dump_value(exc)
+        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        blob = None
+    kind = type(exc)
+    return blob, f"{kind.__module__}.{kind.__qualname__}", str(exc), text
+
+
+def _limit_native_threads(threads: int) -> None:
+    # Each worker gets its share of the CPUs, so BLAS/OpenMP pools inside the
+    # workers do not multiply into CPUs x workers threads.
+    for name in BLAS_VARIABLES:
+        os.environ.setdefault(name, str(threads))
+    try:
+        from threadpoolctl import threadpool_limits  # optional
+    except ImportError:
+        return
+    threadpool_limits(threads)
+
+
+def _receive(conn: Any, inbox: queue.SimpleQueue[Any], cancelled: set[int]) -> None:
+    while True:
+        try:
+            message = pickle.loads(conn.recv_bytes())
+        except (EOFError, OSError):
+            os._exit(0)  # the caller is gone: never outlive it
+        if message[0] == "cancel":
+            cancelled.add(message[1])
+        else:
+            inbox.put(message)
+
+
+class _Runner:
+    """Runs chunks and streams their results back."""
+
+    def __init__(self, conn: Any, status: MutableSequence[float], cancelled: set[int]) -> None:
+        self.conn = conn
+        self.status = status
+        self.cancelled = cancelled
+        self.jobs: dict[int, Any] = {}
+
+    def send(self, message: tuple[Any, ...]) -> None:
+        self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
+
+    def job(self, job_id: int) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
+                                        bool, bool, float]:
+        spec = self.jobs[job_id]
+        if isinstance(spec, bytes):
+            try:
+                spec = pickle.loads(spec)
+            except BaseException as exc:
+                spec = exc
+            self.jobs[job_id] = spec
+        if isinstance(spec, BaseException):
+            raise spec
+        return spec  # type: ignore[no-any-return]
+
+    def run(self, job_id: int, start: int, count: int, blob: bytes | None,
+            split: list[Any] | None) -> None:
+        flush_start = start
+        values: list[bytes | None] = []
+        errors: dict[int, tuple[bytes | None, str, str, str]] = {}
+        try:
+            fn, args, kwargs, star, stop_on_error, flush_every = self.job(job_id)
+        except BaseException as exc:  # the function or its arguments did not unpickle
+            info = capture(_unpickle_error("function or extra arguments", start, exc))
+            self.send(("done", job_id, start, [None] * count,
+                       dict.fromkeys(range(count), info), 0.0, True))
+            return
+        try:
+            items = pickle.loads(blob) if blob is not None else None
+        except BaseException:
+            self.send(("resend", job_id, start))  # the caller sends them one by one
+            return
+        busy = 0.0
+        last_flush = time.monotonic()
+        for offset in range(count):
+            if job_id in self.cancelled:
+                break
+            if items is None:
+                kind, data = split[offset]  # type: ignore[index]
+                if kind == "failed":  # the caller could not pickle this item
+                    values.append(None)
+                    errors[len(values) - 1] = (data, "", "", "")
+                    continue
+                try:
+                    item = pickle.loads(data)
+                except BaseException as exc:
+                    values.append(None)
+                    errors[len(values) - 1] = capture(
+                        _unpickle_error("item", start + offset, exc))
+                    continue
+            else:
+                item = items[offset]
+            began = time.monotonic()
+            self.status[0] = began
+            self.status[1] = start + offset
+            try:
+                result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
+                try:
+                    values.append(dump_value(result))
+                except BaseException as exc:
+                    values.append(None)
+                    errors[len(values) - 1] = capture(
+                        _unpickle_error("result", start + offset, exc, pickling=True))
+            except BaseException as exc:
+                values.append(None)
+                errors[len(values) - 1] = capture(exc)
+                if stop_on_error:
+                    break
+            finally:
+                self.status[0] = 0.0
+                now = time.monotonic()
+                busy += now - began
+            if now - last_flush >= flush_every and offset + 1 < count:
+                self.send(("done", job_id, flush_start, values, errors, busy, False))
+                flush_start += len(values)
+                values, errors, busy, last_flush = [], {}, 0.0, now
+        self.send(("done", job_id, flush_start, values, errors, busy, True))
+
+
+def _unpickle_error(what: str, index: int, exc: BaseException,
+                    pickling: bool = False) -> BaseException:
+    from ..errors import RemoteUnpicklingError
+
+    where = "pickled in the worker" if pickling else "unpickled in the worker"
+    error = RemoteUnpicklingError(
+        f"the {what} of item #{index} could not be {where}: {type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
+    """Entry point of a worker process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    _state.IN_WORKER = True
+    _limit_native_threads(threads)
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    cancelled: set[int] = set()
+    threading.Thread(target=_receive, args=(conn, inbox, cancelled), daemon=True,
+                     name="parloop-receiver").start()
+    runner = _Runner(conn, status, cancelled)
+    runner.send(("ready", os.getpid()))
+    while True:
+        try:
+            message = inbox.get(timeout=idle_timeout)
+        except queue.Empty:
+            os._exit(IDLE_EXIT)  # idle too long: give the memory back
+        kind = message[0]
+        if kind == "job":
+            runner.jobs[message[1]] = message[2]
+        elif kind == "chunk":
+            runner.run(message[1], message[2], message[3], message[4], None)
+        elif kind == "split":
+            runner.run(message[1], message[2], message[3], None, message[4])
+        elif kind == "forget":
+            runner.jobs.pop(message[1], None)
+            cancelled.discard(message[1])
+        elif kind == "stop":
+            return

@@ -1,0 +1,135 @@
+"""Every exception and warning parloop raises, in one place.
+
+The tree::
+
+    Exception
+     +-- ParloopError                    anything parloop itself reports
+     |    +-- UnpicklableError           (also pickle.PicklingError) the function, an
+     |    |                              argument or an item cannot be sent to a worker
+     |    +-- WorkerCrashedError         a worker process died while it held items
+     |    +-- TaskTimeoutError           (also TimeoutError) an item ran past ``timeout=``
+     |    +-- RemoteUnpicklingError      an item or a result could not be unpickled on
+     |                                   the other side; only that item fails
+     +-- ImportError
+          +-- BackendUnavailableError    (also ParloopError) the backend's extra is missing
+
+    Warning
+     +-- ParloopWarning                  parloop changed plan (e.g. fell back to serial)
+
+An exception raised by *your* function is never wrapped: it reaches you with
+its own type, a note naming the item (``exc.__notes__``) and the worker's
+formatted traceback as ``exc.__cause__`` (a :class:`RemoteTraceback`).
+"""
+
+from __future__ import annotations
+
+import pickle
+import reprlib
+
+__all__ = [
+    "BackendUnavailableError",
+    "ParloopError",
+    "ParloopWarning",
+    "RemoteTraceback",
+    "RemoteUnpicklingError",
+    "TaskTimeoutError",
+    "UnpicklableError",
+    "WorkerCrashedError",
+]
+
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_short.maxlist = 4
+_short.maxtuple = 4
+_short.maxdict = 3
+
+
+def short_repr(obj: object) -> str:
+    """A repr that fits in one line of an error message, whatever ``obj`` is."""
+    try:
+        return _short.repr(obj)
+    except Exception:  # a broken __repr__ must not hide the real error
+        return f"<{type(obj).__name__} object (repr failed)>"
+
+
+class ParloopError(Exception):
+    """Base class of every error that parloop itself raises."""
+
+
+class UnpicklableError(ParloopError, pickle.PicklingError):
+    """Something that must travel to a worker cannot be pickled.
+
+    The message names the culprit and where it sits, for example
+    ``argument 'conn': <socket.socket ...> cannot be pickled`` or
+    ``function 'uses_lock' captures 'lock' (_thread.lock)``.
+    """
+
+
+class WorkerCrashedError(ParloopError):
+    """A worker process died (``os._exit``, a signal, the OOM killer) while it
+    held items. ``pid``, ``exitcode`` and ``indices`` say which and why."""
+
+    def __init__(self, message: str, *, pid: int | None = None,
+                 exitcode: int | None = None, indices: tuple[int, ...] = ()) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+        self.indices = indices
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_crash, (str(self), self.pid, self.exitcode, self.indices))
+
+
+def _rebuild_crash(message: str, pid: int | None, exitcode: int | None,
+                   indices: tuple[int, ...]) -> WorkerCrashedError:
+    return WorkerCrashedError(message, pid=pid, exitcode=exitcode, indices=indices)
+
+
+class TaskTimeoutError(ParloopError, TimeoutError):
+    """An item ran longer than ``timeout=`` seconds; its worker was killed."""
+
+
+class RemoteUnpicklingError(ParloopError):
+    """An item could not be unpickled in the worker, or a result could not be
+    pickled in the worker or unpickled in the caller. Only that item fails."""
+
+
+class BackendUnavailableError(ParloopError, ImportError):
+    """The chosen backend needs an optional extra that is not installed.
+
+    The message says what to install, e.g. ``pip install 'parloop[dask]'``.
+    """
+
+
+class ParloopWarning(UserWarning):
+    """parloop changed its plan, for example ran serially because the function
+    could not be pickled."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback; set as ``__cause__`` so Python
+    prints it above the re-raised exception."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return "\n\n" + self.text.rstrip() + "\n"
+
+
+def add_note(exc: BaseException, note: str) -> None:
+    """``exc.add_note(note)`` on every supported Python (3.10 lacks it)."""
+    adder = getattr(exc, "add_note", None)
+    if adder is not None:
+        adder(note)
+        return
+    notes = getattr(exc, "__notes__", None)
+    if not isinstance(notes, list):
+        notes = []
+        try:
+            exc.__notes__ = notes  # type: ignore[attr-defined]
+        except AttributeError:
+            return
+    notes.append(note)
