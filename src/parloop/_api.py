@@ -263,7 +263,7 @@ class ParallelFor:
 
 def dispatch_target(target: Any, explicit: dict[str, Any]) -> Any:
     """A callable is decorated; any other iterable starts the loop form."""
-    if callable(target):
+    if callable(target) or isinstance(target, (classmethod, staticmethod)):
         return make_wrapper(target, explicit)
     try:
         iter(target)
