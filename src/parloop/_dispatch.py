@@ -21,6 +21,7 @@ run the same cancel path; Ctrl-C also kills the pool's workers.
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 import operator
 import time
@@ -31,6 +32,7 @@ from typing import Any
 
 from . import _planner, _scope
 from ._options import Options
+from ._progress import make_progress
 from ._pickling import explain_item, explain_unpicklable, is_wrapper
 from .backends.base import Backend, Chunk, Job, Outcome
 from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
@@ -38,6 +40,7 @@ from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
 __all__ = ["run"]
 
 SERIAL_BATCH = 1024
+SLOWEST = 5  # how many of the slowest items a plan reports
 
 
 def _length(items: Iterable[Any]) -> int | None:
@@ -77,6 +80,7 @@ class _Run:
         self.first_item: list[Any] = []  # read ahead to check picklability; not yet run
         self.verdict: _planner.Verdict | None = None
         self.unpicklable: BaseException | None = None
+        self.slowest: list[tuple[float, int]] = []  # a min-heap: the 5 slowest (seconds, index)
 
     # -- serial -----------------------------------------------------------------------
 
@@ -117,6 +121,7 @@ class _Run:
             except Exception as exc:
                 result = self._fail(exc, item)
             probe.times.append(clock() - began)
+            self._note_time(probe.times[-1], self.index - 1)
             if self.index == 1:
                 probe.measure_transfer(item, result)
             yield [result]
@@ -225,7 +230,14 @@ class _Run:
             return False
         return isinstance(exc, (WorkerCrashedError, *self.options.retry_on))
 
+    def _note_time(self, seconds: float, index: int) -> None:
+        if len(self.slowest) < SLOWEST:
+            heapq.heappush(self.slowest, (seconds, index))
+        elif seconds > self.slowest[0][0]:
+            heapq.heapreplace(self.slowest, (seconds, index))
+
     def _account(self, outcome: Outcome) -> None:
+        self._note_time(*outcome.slowest)
         if outcome.worker:
             seconds = self.plan.worker_seconds
             seconds[outcome.worker] = seconds.get(outcome.worker, 0.0) + outcome.busy
@@ -283,35 +295,48 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         record: Callable[[_planner.Plan], None]) -> Iterator[list[Any]]:
     """Run ``fn`` over ``items``; yield lists of results. See the module docstring."""
     state = _Run(fn, items, args, kwargs, options, block)
-    plan = state.plan
+    progress = make_progress(options.progress, state.total, getattr(fn, "__name__", "parloop"))
     try:
-        plan.backend, plan.reason = _planner.static_choice(options, state.workers, state.total)
-        if plan.backend == "auto":
-            yield from _auto(state, options, block)
-        elif plan.backend == "process" and _peek(state):
-            problem = _unpicklable(state)
-            if problem is not None:
-                raise problem
-        plan.caller_seconds = time.perf_counter() - state.started
-        if plan.backend == "serial":
-            if state.first_item:
-                state.iterator = itertools.chain(state.first_item, state.iterator)
-                state.first_item = []
-            yield from state.serial()
-            return
-        plan.workers = state.workers
-        lease = _scope.lease(plan.backend, state.workers, options, block)
-        sizer = _planner.ChunkSizer(state.workers, options.chunksize,
-                                    state.verdict.per_item if state.verdict else None)
-        plan.chunksize = sizer.next(None if state.total is None else state.total - state.index)
-        yield from state.parallel(lease, sizer)
+        for batch in _execute(state, options, block):
+            if progress is not None:
+                progress.update(len(batch))
+            yield batch
     finally:
+        if progress is not None:
+            progress.close()
+        plan = state.plan
         plan.items = state.index
         plan.wall_seconds = time.perf_counter() - state.started
         if plan.backend == "serial":
             plan.workers = 1
             plan.caller_seconds = plan.wall_seconds
+        plan.slowest = sorted(((i, t) for t, i in state.slowest if i >= 0),
+                              key=lambda pair: -pair[1])
         record(plan)
+
+
+def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Iterator[list[Any]]:
+    plan = state.plan
+    plan.backend, plan.reason = _planner.static_choice(options, state.workers, state.total)
+    if plan.backend == "auto":
+        yield from _auto(state, options, block)
+    elif plan.backend == "process" and _peek(state):
+        problem = _unpicklable(state)
+        if problem is not None:
+            raise problem
+    plan.caller_seconds = time.perf_counter() - state.started
+    if plan.backend == "serial":
+        if state.first_item:
+            state.iterator = itertools.chain(state.first_item, state.iterator)
+            state.first_item = []
+        yield from state.serial()
+        return
+    plan.workers = state.workers
+    lease = _scope.lease(plan.backend, state.workers, options, block)
+    sizer = _planner.ChunkSizer(state.workers, options.chunksize,
+                                state.verdict.per_item if state.verdict else None)
+    plan.chunksize = sizer.next(None if state.total is None else state.total - state.index)
+    yield from state.parallel(lease, sizer)
 
 
 def _start_method(options: Options) -> str:

@@ -88,7 +88,22 @@ class Plan:
     slowest: list[tuple[int, float]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return f"{self.backend}: {self.reason}"
+        text = f"{self.backend}: {self.reason}"
+        if self.wall_seconds:
+            rate = self.items / self.wall_seconds if self.wall_seconds > 0 else 0.0
+            text += (f" | ran {self.items} items in {format_seconds(self.wall_seconds)} "
+                     f"({rate:,.0f}/s)")
+            shares = self.busy_shares()
+            if shares:
+                text += ", workers busy " + "/".join(f"{s:.0%}" for s in shares.values())
+        return text
+
+    def busy_shares(self) -> dict[str, float]:
+        """Each worker's share of the parallel part of the wall time spent computing."""
+        parallel = self.wall_seconds - self.caller_seconds
+        if parallel <= 0:
+            return {}
+        return {name: min(1.0, busy / parallel) for name, busy in self.worker_seconds.items()}
 
 
 def _pickle_seconds(value: Any) -> tuple[float, int]:

@@ -117,7 +117,7 @@ class _Runner:
         except BaseException as exc:  # the function or its arguments did not unpickle
             info = capture(_unpickle_error("function or extra arguments", start, exc))
             self.send(("done", job_id, start, [None] * count,
-                       dict.fromkeys(range(count), info), 0.0, True))
+                       dict.fromkeys(range(count), info), 0.0, True, (0.0, -1)))
             return
         try:
             items = pickle.loads(blob) if blob is not None else None
@@ -125,6 +125,7 @@ class _Runner:
             self.send(("resend", job_id, start))  # the caller sends them one by one
             return
         busy = 0.0
+        slowest = (0.0, -1)  # (seconds, index) of the slowest item since the last flush
         last_flush = time.monotonic()
         for offset in range(count):
             if job_id in self.cancelled:
@@ -164,11 +165,13 @@ class _Runner:
                 self.status[0] = 0.0
                 now = time.monotonic()
                 busy += now - began
+                if now - began > slowest[0]:
+                    slowest = (now - began, start + offset)
             if now - last_flush >= flush_every and offset + 1 < count:
-                self.send(("done", job_id, flush_start, values, errors, busy, False))
+                self.send(("done", job_id, flush_start, values, errors, busy, False, slowest))
                 flush_start += len(values)
-                values, errors, busy, last_flush = [], {}, 0.0, now
-        self.send(("done", job_id, flush_start, values, errors, busy, True))
+                values, errors, busy, last_flush, slowest = [], {}, 0.0, now, (0.0, -1)
+        self.send(("done", job_id, flush_start, values, errors, busy, True, slowest))
 
 
 def _unpickle_error(what: str, index: int, exc: BaseException,

@@ -83,6 +83,7 @@ class Outcome:
     errors: dict[int, BaseException] = field(default_factory=dict)
     busy: float = 0.0
     worker: str = ""
+    slowest: tuple[float, int] = (0.0, -1)  # (seconds, index) of the slowest item here
 
 
 def run_chunk(chunk: Chunk, catch: type[BaseException] = Exception) -> Outcome:
@@ -94,8 +95,11 @@ def run_chunk(chunk: Chunk, catch: type[BaseException] = Exception) -> Outcome:
     job = chunk.job
     values: list[Any] = []
     errors: dict[int, BaseException] = {}
-    started = time.perf_counter()
+    clock = time.perf_counter
+    started = clock()
+    slowest = (0.0, -1)
     for offset, item in enumerate(chunk.items):
+        began = clock()
         try:
             values.append(job.call(item))
         except catch as exc:
@@ -103,8 +107,11 @@ def run_chunk(chunk: Chunk, catch: type[BaseException] = Exception) -> Outcome:
             errors[chunk.start + offset] = exc
             if job.stop_on_error:
                 break
-    return Outcome(job.id, chunk.start, values, errors, time.perf_counter() - started,
-                   threading.current_thread().name)
+        finally:
+            if clock() - began > slowest[0]:
+                slowest = (clock() - began, chunk.start + offset)
+    return Outcome(job.id, chunk.start, values, errors, clock() - started,
+                   threading.current_thread().name, slowest)
 
 
 class Backend(ABC):

@@ -237,14 +237,15 @@ class ProcessBackend(Backend):
             # it goes to the back of inflight too.
             self._assign(worker, sent.chunk, split=True)
         elif kind == "done":
-            _, job_id, start, blobs, errors, busy, final = message
+            _, job_id, start, blobs, errors, busy, final, slowest = message
             sent = worker.inflight[0]
             sent.next_index = start + len(blobs)
             if final:
                 worker.inflight.popleft()
             if sent.cancelled_at is None:
-                self._outcomes.append(decode_done(sent.chunk, start, blobs, errors, busy,
-                                                  worker.name))
+                outcome = decode_done(sent.chunk, start, blobs, errors, busy, worker.name)
+                outcome.slowest = slowest
+                self._outcomes.append(outcome)
 
     # -- faults ----------------------------------------------------------------------
 
