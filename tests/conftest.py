@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import faulthandler
 import os
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -86,7 +85,7 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
                    and not t.name.startswith(("parloop-async", "asyncio"))]
         fds = _fds() - before_fds
         # Stragglers get a moment: a killed worker is reaped asynchronously.
-        if not children and not threads or time.monotonic() > deadline:
+        if (not children and not threads) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
     if "no_census" in request.keywords:

@@ -8,9 +8,9 @@ import math
 import operator
 
 import pytest
+from helpers import Scaler, add, decorated_square, square
 
 import parloop
-from helpers import Scaler, add, decorated_square, square
 from parloop import Plan, parallel_for
 
 

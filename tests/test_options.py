@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import square
+
 from parloop import BackendUnavailableError, ParloopError, parallel_for
 from parloop._options import resolve_workers
 
@@ -37,7 +37,7 @@ def test_bad_options_name_the_option(options: dict, kind: type, words: str) -> N
 
 @pytest.mark.parametrize("target", [42, None, 3.5])
 def test_a_target_that_is_neither_function_nor_iterable(target: object) -> None:
-    with pytest.raises(TypeError, match="function to decorate.*iterable"):
+    with pytest.raises(TypeError, match=r"function to decorate.*iterable"):
         parallel_for(target)  # type: ignore[call-overload]
 
 

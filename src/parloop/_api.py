@@ -11,7 +11,7 @@ import asyncio
 import contextvars
 import functools
 import threading
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
 from typing import Any, cast
 
@@ -22,7 +22,7 @@ from ._options import active_block, block_var, resolve, validate
 from ._planner import Plan
 from ._types import ParallelFunction
 
-__all__ = ["ParallelFor", "Pool", "make_wrapper", "run_list", "run_iter"]
+__all__ = ["ParallelFor", "Pool", "make_wrapper", "run_iter", "run_list"]
 
 
 def _check_items(items: object, name: str) -> Iterable[Any]:
@@ -58,7 +58,7 @@ def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
         batches.close()  # break / close() / garbage collection cancel what is pending
 
 
-async def run_async(batches: Iterator[list[Any]]) -> AsyncIterator[list[Any]]:
+async def run_async(batches: Generator[list[Any], None, None]) -> AsyncIterator[list[Any]]:
     """Drive a batch generator from a thread, handing batches to the event loop.
     Cancelling the awaiting task closes the generator, which cancels its items."""
     loop = asyncio.get_running_loop()
@@ -152,11 +152,11 @@ class _Calls:
                 yield value
 
 
-class _BoundParallelFunction(_Calls, wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+class _BoundParallelFunction(_Calls, wrapt.BoundFunctionWrapper[Any, Any]):
     _parloop_wrapper = True
 
 
-class _ParallelFunction(_Calls, wrapt.FunctionWrapper):  # type: ignore[misc]
+class _ParallelFunction(_Calls, wrapt.FunctionWrapper[Any, Any]):
     _parloop_wrapper = True
     __bound_function_wrapper__ = _BoundParallelFunction
 

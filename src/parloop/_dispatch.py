@@ -26,15 +26,15 @@ import itertools
 import operator
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from itertools import islice
 from typing import Any
 
 from . import _planner, _scope
 from ._options import Options
-from ._progress import make_progress
 from ._pickling import explain_item, explain_unpicklable, is_wrapper
-from .backends.base import Backend, Chunk, Job, Outcome
+from ._progress import make_progress
+from .backends.base import Chunk, Job, Outcome
 from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
 
 __all__ = ["run"]
@@ -274,6 +274,7 @@ def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator
     startup = 0.0 if warm else _planner.startup_estimate(method, state.workers)
     yield from state.probe(startup, method)
     verdict = state.verdict
+    assert verdict is not None
     state.plan.backend, state.plan.reason = "serial", verdict.reason
     if verdict.serial_more is None:
         return
@@ -292,7 +293,7 @@ def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator
 
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
-        record: Callable[[_planner.Plan], None]) -> Iterator[list[Any]]:
+        record: Callable[[_planner.Plan], None]) -> Generator[list[Any], None, None]:
     """Run ``fn`` over ``items``; yield lists of results. See the module docstring."""
     state = _Run(fn, items, args, kwargs, options, block)
     progress = make_progress(options.progress, state.total, getattr(fn, "__name__", "parloop"))
@@ -348,4 +349,4 @@ def _start_method(options: Options) -> str:
 
 def unwrap_callable(fn: Callable[..., Any]) -> Callable[..., Any]:
     """A parloop-decorated function passed to ``pool.map`` runs undecorated."""
-    return fn.__wrapped__ if is_wrapper(fn) else fn  # type: ignore[attr-defined,no-any-return]
+    return fn.__wrapped__ if is_wrapper(fn) else fn  # type: ignore[attr-defined]

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Concatenate, Literal, TypeVar, overload
 
-from typing_extensions import Concatenate, ParamSpec
+from typing_extensions import ParamSpec
 
 from ._api import _MISSING, ParallelFor, parallel_for_impl
 from ._types import LoopDecorator, ParallelFunction

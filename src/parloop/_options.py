@@ -132,9 +132,8 @@ def _check(name: str, value: Any) -> None:
         if not isinstance(value, tuple) or not all(
                 isinstance(t, type) and issubclass(t, BaseException) for t in value):
             raise wrong("an exception class or a tuple of them")
-    elif name == "address":
-        if value is not None and not isinstance(value, str):
-            raise wrong("a string such as 'tcp://host:8786' or None")
+    elif name == "address" and value is not None and not isinstance(value, str):
+        raise wrong("a string such as 'tcp://host:8786' or None")
 
 
 def validate(options: Mapping[str, Any]) -> dict[str, Any]:

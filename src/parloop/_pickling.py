@@ -147,7 +147,7 @@ def _global_names(code: types.CodeType) -> set[str]:
 def _captured(fn: types.FunctionType) -> list[tuple[str, Any]]:
     """What a function would carry with it: closure cells, then used globals."""
     out: list[tuple[str, Any]] = []
-    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+    for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or (), strict=False):
         try:
             out.append((f"function {fn.__name__!r} captures {name!r}", cell.cell_contents))
         except ValueError:  # an empty cell
@@ -169,7 +169,8 @@ def _describe_function(fn: Any) -> str:
                              enumerate(fn.args)], *[(f"its argument {k!r}", v) for k, v in
                              fn.keywords.items()]]:
             if _fails(value) is not None:
-                return f"partial {label}: {_describe_function(value) if callable(value) else short_repr(value)}"
+                what = _describe_function(value) if callable(value) else short_repr(value)
+                return f"partial {label}: {what}"
     if isinstance(fn, types.FunctionType):
         for label, value in _captured(fn):
             if _fails(value) is not None:
@@ -198,7 +199,7 @@ def explain_unpicklable(fn: Callable[..., Any], args: tuple[Any, ...],
     error = _fails(fn)
     if error is not None:
         return _error(_describe_function(fn), error)
-    named = list(zip(_argument_names(fn, args, star), args)) + list(kwargs.items())
+    named = list(zip(_argument_names(fn, args, star), args, strict=True)) + list(kwargs.items())
     for name, value in named:
         error = _fails(value)
         if error is not None:

@@ -178,7 +178,8 @@ class Probe:
         if self.total is not None:
             remaining = self.total - seen
             if remaining <= 0:
-                return Verdict(None, f"all {seen} items ran while probing (~{format_seconds(cost)} each)", cost)
+                return Verdict(None, f"all {seen} items ran while probing "
+                                     f"(~{format_seconds(cost)} each)", cost)
             serial, parallel = self._projections(remaining)
             numbers = (f"{probe_text}; {remaining} left: serial ≈ {format_seconds(serial)}, "
                        f"{self.workers} workers ≈ {format_seconds(parallel)} "

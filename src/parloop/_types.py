@@ -16,7 +16,7 @@ from typing_extensions import ParamSpec
 from ._planner import Plan
 
 T_contra = TypeVar("T_contra", contravariant=True)
-R_co = TypeVar("R_co", covariant=True)
+R_co = TypeVar("R_co")  # invariant: it appears inside list[...]
 P = ParamSpec("P")
 
 __all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction"]
