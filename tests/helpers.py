@@ -115,3 +115,77 @@ class Scaler:
     @classmethod
     def named(cls, x: int) -> str:
         return f"{cls.__name__}:{x}"
+
+
+# -- for test_faults.py ------------------------------------------------------------
+
+
+def pid_after(delay: float) -> int:
+    """Sleep, then say which worker ran the item."""
+    time.sleep(delay)
+    return os.getpid()
+
+
+def parent_pid(_: object) -> int:
+    return os.getppid()
+
+
+def mark_then_sleep(x: int, directory: str, delay: float, bad: int = -1) -> int:
+    """Leave a file named after the item as it starts, then sleep (item
+    ``bad`` raises ValueError instead)."""
+    with open(os.path.join(directory, str(x)), "w"):
+        pass
+    if x == bad:
+        raise ValueError(f"item {x} is bad")
+    time.sleep(delay)
+    return x
+
+
+def fail_once(x: int, directory: str) -> int:
+    """Raise ValueError the first time each item runs (a file remembers)."""
+    marker = os.path.join(directory, f"tried-{x}")
+    if not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise ValueError(f"item {x} fails on its first try")
+    return x
+
+
+def die_once(x: int, directory: str, bad: int = 2) -> int:
+    """The worker running item ``bad`` exits the first time it runs it."""
+    marker = os.path.join(directory, f"died-{x}")
+    if x == bad and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        os._exit(9)
+    return x
+
+
+def big_bytes(size: int) -> bytes:
+    return b"r" * size
+
+
+def length(data: bytes) -> int:
+    return len(data)
+
+
+def big_or_die(x: int, size: int, bad: int = -1) -> bytes:
+    """A big result, except that item ``bad`` kills its worker."""
+    if x == bad:
+        time.sleep(0.2)  # let the other worker's big result get under way
+        os.kill(os.getpid(), signal.SIGKILL)
+    return bytes([x % 256]) * size
+
+
+def nested_explicit(x: int) -> tuple[list[int], str | None]:
+    """A worker calling a function decorated with backend='process' itself."""
+    inner = parallel_for(square, backend="process", workers=2)
+    result = inner(range(x + 2))
+    return result, inner.last_plan.backend if inner.last_plan else None
+
+
+def die_quietly_on(x: int, bad: int = 2, how: str = "exit") -> int:
+    """``die_on`` without faulthandler's report of the segfault (it is expected)."""
+    import faulthandler
+    faulthandler.disable()
+    return die_on(x, bad, how)

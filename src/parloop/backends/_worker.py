@@ -9,9 +9,11 @@ Two threads share the worker's end of the pipe:
 * the main thread runs items and sends results, flushing partial results
   every ``flush`` seconds so a crash loses little.
 
-Before each item the worker writes the item's index and start time into a
-small shared array (``status``). The caller reads it to enforce ``timeout=``
-from the moment an item *starts*, and to know which item a dead worker held.
+Before each item the worker writes into a small shared array (``status``)
+where it is: ``[phase, item index, job id]``. The phase is the item's start
+time while it runs, -1 while the worker unpickles it (or the chunk holding
+it), and 0 between items. The caller reads it to enforce ``timeout=`` from
+the moment an item *starts*, and to know which item a dead worker was at.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ def capture(exc: BaseException) -> tuple[bytes | None, str, str, str]:
     """An exception as (pickled or None, type name, message, formatted traceback)."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None  # tracebacks do not pickle; the text carries them
+    blob: bytes | None = None
     try:
-        blob: bytes | None = dump_value(exc)
-        pickle.loads(blob)  # some exceptions pickle but cannot be rebuilt
+        dumped = dump_value(exc)
+        pickle.loads(dumped)  # some exceptions pickle but cannot be rebuilt
+        blob = dumped
     except Exception:
-        blob = None
+        pass
     kind = type(exc)
     return blob, f"{kind.__module__}.{kind.__qualname__}", str(exc), text
 
@@ -68,6 +72,10 @@ def _limit_native_threads(threads: int) -> None:
     except ImportError:
         return
     threadpool_limits(threads)
+
+
+PREPARING = -1.0  # the phase while the worker unpickles an item or a chunk
+IDLE = 0.0
 
 
 def _receive(conn: Any, inbox: queue.SimpleQueue[Any], cancelled: set[int]) -> None:
@@ -94,6 +102,12 @@ class _Runner:
     def send(self, message: tuple[Any, ...]) -> None:
         self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
 
+    def mark(self, phase: float, index: int, job_id: int) -> None:
+        # The phase last: a reader that sees it sees the index and job too.
+        self.status[2] = job_id
+        self.status[1] = index
+        self.status[0] = phase
+
     def job(self, job_id: int) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
                                         bool, bool, float]:
         spec = self.jobs[job_id]
@@ -109,9 +123,17 @@ class _Runner:
 
     def run(self, job_id: int, start: int, count: int, blob: bytes | None,
             split: list[Any] | None) -> None:
+        try:
+            self._run(job_id, start, count, blob, split)
+        finally:
+            self.mark(IDLE, -1, 0)  # this chunk is fully reported
+
+    def _run(self, job_id: int, start: int, count: int, blob: bytes | None,
+             split: list[Any] | None) -> None:
         flush_start = start
         values: list[bytes | None] = []
         errors: dict[int, tuple[bytes | None, str, str, str]] = {}
+        self.mark(PREPARING, start, job_id)
         try:
             fn, args, kwargs, star, stop_on_error, flush_every = self.job(job_id)
         except BaseException as exc:  # the function or its arguments did not unpickle
@@ -136,6 +158,7 @@ class _Runner:
                     values.append(None)
                     errors[len(values) - 1] = (data, "", "", "")
                     continue
+                self.mark(PREPARING, start + offset, job_id)
                 try:
                     item = pickle.loads(data)
                 except BaseException as exc:
@@ -146,8 +169,7 @@ class _Runner:
             else:
                 item = items[offset]
             began = time.monotonic()
-            self.status[0] = began
-            self.status[1] = start + offset
+            self.mark(began, start + offset, job_id)
             try:
                 result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
                 try:
@@ -162,7 +184,7 @@ class _Runner:
                 if stop_on_error:
                     break
             finally:
-                self.status[0] = 0.0
+                self.status[0] = IDLE
                 now = time.monotonic()
                 busy += now - began
                 if now - began > slowest[0]:
@@ -188,6 +210,7 @@ def _unpickle_error(what: str, index: int, exc: BaseException,
 def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
     """Entry point of a worker process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the caller at start
     _state.IN_WORKER = True
     _limit_native_threads(threads)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()

@@ -7,7 +7,7 @@ How a chunk travels::
     submit(chunk) ---- "job" (once per worker) --> receiver thread --> inbox
                   ---- "chunk" (pickled items) --> receiver thread --> inbox
                                                    main thread: run items,
-                                                   write index + start time
+                                                   write phase, index, job
                                                    into status[i] per item
     _poll() <-------- "done" (partial / final) --- main thread (flush every 50 ms)
        |  also waits on every worker's sentinel: a death is seen at once
@@ -16,20 +16,28 @@ How a chunk travels::
     Outcome(job, start, values, errors) --> engine
 
 One pipe per worker, so the caller always knows which worker holds which
-items: a crash or a timeout costs only the item that was running (plus the
-results of the last < 50 ms, which died with it); unstarted items go to
-another worker. A replacement worker starts at once. No helper threads run in
-the caller, so forking stays safe and Ctrl-C lands in the caller's wait.
+items: a crash or a timeout fails only the item that was running. Items the
+dead worker had finished but not yet reported (the last < 50 ms), and items it
+had not started, go to another worker. A replacement worker starts at once.
+No helper threads run in the caller, so forking stays safe and Ctrl-C lands
+in the caller's wait.
+
+A worker leaves when its pipe reaches EOF, that is when the caller is gone,
+even by SIGKILL. Under fork every child inherits a copy of the caller's pipe
+ends, so an at-fork hook closes those copies in each child; otherwise a
+worker would keep its own pipe open and outlive a killed caller.
 """
 
 from __future__ import annotations
 
+import atexit
 import multiprocessing
 import os
 import pickle
 import signal
 import sys
 import time
+import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for
@@ -47,6 +55,7 @@ __all__ = ["ProcessBackend", "default_start_method"]
 IDLE_TIMEOUT = float(os.environ.get("PARLOOP_IDLE_TIMEOUT", "300"))
 FLUSH_SECONDS = 0.05
 CANCEL_GRACE = 0.5  # a cancelled item may finish this long before its worker is replaced
+STOP_GRACE = 2.0  # an idle worker asked to stop may take this long before it is killed
 STARTUP_FAILURES = 3  # workers dying before "ready" in a row: the pool is broken
 
 
@@ -72,6 +81,7 @@ def default_start_method() -> str:
 class _Sent:
     chunk: Chunk
     next_index: int  # items before this one have been reported
+    split: bool  # items pickled one by one (the worker unpickles each just before running it)
     cancelled_at: float | None = None
 
     @property
@@ -84,7 +94,7 @@ class _Worker:
     process: Any
     pid: int
     conn: Any
-    status: Any  # RawArray('d', 2): [start time of the running item or 0, its index]
+    status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker.Status
     ready: bool = False
     jobs: set[int] = field(default_factory=set)
     inflight: deque[_Sent] = field(default_factory=deque)
@@ -92,6 +102,22 @@ class _Worker:
     @property
     def name(self) -> str:
         return f"pid {self.pid}"
+
+    def holding(self) -> tuple[_Sent, int, float] | None:
+        """(chunk, index, phase) of the item the worker is at, if it is one
+        it holds unreported: running (phase > 0, its start time), being
+        unpickled (phase < 0), or done but its result not yet sent (phase 0)."""
+        phase, index, job_id = self.status[:]
+        index = int(index)
+        for sent in self.inflight:
+            if sent.chunk.job.id == job_id and sent.next_index <= index < sent.end:
+                return sent, index, phase
+        return None
+
+
+# Pipe ends and pools of this process, for the exit and at-fork hooks.
+_caller_ends: weakref.WeakSet[Any] = weakref.WeakSet()
+_live: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 
 class ProcessBackend(Backend):
@@ -105,20 +131,33 @@ class ProcessBackend(Backend):
         self._startup_failures = 0
         self._broken: str | None = None
         self._outcomes: list[Outcome] = []
-        self._pool: list[_Worker] = [self._spawn() for _ in range(workers)]
+        self._pool: list[_Worker] = []
+        self._inherited = False
+        _live.add(self)
+        self._pool = [self._spawn() for _ in range(workers)]
 
     # -- workers ---------------------------------------------------------------
 
     def _spawn(self) -> _Worker:
         # Re-decided per worker: a replacement forked into a caller that has
         # started threads since would risk a deadlock.
-        context = multiprocessing.get_context(self._explicit_method or default_start_method())
+        # Any: typeshed's BaseContext lacks the Process class each real context has.
+        context: Any = multiprocessing.get_context(self._explicit_method or default_start_method())
         ours, theirs = context.Pipe(duplex=True)
-        status = context.RawArray("d", 2)
+        _caller_ends.add(ours)
+        status = context.RawArray("d", 3)
         process = context.Process(target=_worker.main, name="parloop-worker",
                                   args=(theirs, status, self._threads, IDLE_TIMEOUT))
-        process.start()
-        theirs.close()
+        # A Ctrl-C that reaches a worker before it ignores SIGINT would print
+        # a traceback of its own: the child starts with SIGINT blocked (the
+        # mask survives fork and exec) and unblocks it once it ignores it.
+        # Here it is only deferred, never lost.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            theirs.close()
         return _Worker(process, process.pid, ours, status)
 
     def _send(self, worker: _Worker, message: tuple[Any, ...]) -> bool:
@@ -128,18 +167,27 @@ class ProcessBackend(Backend):
         except OSError:  # it died; its sentinel tells the rest
             return False
 
-    def _kill(self, worker: _Worker, grace: float = 0.5) -> None:
-        if worker.process.is_alive():
-            worker.process.terminate()
-            worker.process.join(grace)
+    def _stop(self, workers: list[_Worker]) -> None:
+        """End ``workers`` now (SIGTERM, then SIGKILL) and release them."""
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.process.terminate()
+        deadline = time.monotonic() + 0.5
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 worker.process.kill()
-        worker.process.join(5)
+            worker.process.join(5)
+            worker.conn.close()
+            worker.process.close()
 
     # -- the Backend interface -------------------------------------------------
 
     def submit(self, chunk: Chunk) -> None:
         with self._lock:
+            if self._inherited:  # this pool belongs to the process we were forked from
+                self._inherited = False
+                self._pool = [self._spawn() for _ in range(self.workers)]
             if self._broken:
                 self._outcomes.append(crash_outcome(chunk, chunk.start, WorkerCrashedError(
                     self._broken, indices=tuple(range(chunk.start, chunk.start + len(chunk.items))))))
@@ -155,7 +203,6 @@ class ProcessBackend(Backend):
         if job.id not in worker.jobs:
             self._send(worker, ("job", job.id, job.payload))
             worker.jobs.add(job.id)
-        worker.inflight.append(_Sent(chunk, chunk.start))
         count = len(chunk.items)
         if not split:
             try:
@@ -166,6 +213,7 @@ class ProcessBackend(Backend):
         if split:
             message = ("split", job.id, chunk.start, count,
                        [_pickled_item(chunk.start + i, x) for i, x in enumerate(chunk.items)])
+        worker.inflight.append(_Sent(chunk, chunk.start, split))
         self._send(worker, message)
 
     def cancel(self, job: Job) -> None:
@@ -188,18 +236,18 @@ class ProcessBackend(Backend):
                     self._send(worker, ("forget", job.id))
 
     def close(self, *, kill: bool = False) -> None:
+        """Idle workers are asked to stop; busy ones (their work was cancelled
+        or abandoned, since nobody waits for it any more) are killed."""
         with self._lock:
             pool, self._pool = self._pool, []
-            if not kill:
-                for worker in pool:
-                    self._send(worker, ("stop",))
-                deadline = time.monotonic() + 2.0
-                for worker in pool:
-                    worker.process.join(max(0.0, deadline - time.monotonic()))
-            for worker in pool:
-                self._kill(worker, grace=0.5)
-                worker.conn.close()
-                worker.process.close()
+            _live.discard(self)
+            idle = [] if kill else [w for w in pool if not w.inflight]
+            for worker in idle:
+                self._send(worker, ("stop",))
+            deadline = time.monotonic() + STOP_GRACE
+            for worker in idle:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
+            self._stop(pool)
 
     # -- collecting ----------------------------------------------------------------
 
@@ -212,7 +260,7 @@ class ProcessBackend(Backend):
                 if handle is worker.conn:
                     self._drain(worker)
             for worker in list(self._pool):
-                if worker.process.exitcode is not None or not worker.process.is_alive():
+                if worker.process.exitcode is not None:
                     self._drain(worker)
                     self._replace(worker)
             self._enforce_deadlines()
@@ -235,9 +283,10 @@ class ProcessBackend(Backend):
             sent = worker.inflight.popleft()
             # The worker runs the resent chunk after those already queued, so
             # it goes to the back of inflight too.
-            self._assign(worker, sent.chunk, split=True)
+            if sent.cancelled_at is None:
+                self._assign(worker, sent.chunk, split=True)
         elif kind == "done":
-            _, job_id, start, blobs, errors, busy, final, slowest = message
+            _, _, start, blobs, errors, busy, final, slowest = message
             sent = worker.inflight[0]
             sent.next_index = start + len(blobs)
             if final:
@@ -250,11 +299,10 @@ class ProcessBackend(Backend):
     # -- faults ----------------------------------------------------------------------
 
     def _replace(self, worker: _Worker, cause: BaseException | None = None) -> None:
-        """``worker`` is dead or must die: account for what it held, start another."""
-        self._kill(worker)
-        code = worker.process.exitcode
-        worker.process.close()
-        worker.conn.close()
+        """``worker`` is dead or must die: fail the item it was at, send the
+        rest of what it held to the others, start another worker."""
+        code = worker.process.exitcode if cause is None else None
+        self._stop([worker])
         self._pool[self._pool.index(worker)] = self._spawn()
         if not worker.ready:
             self._startup_failures += 1
@@ -262,46 +310,50 @@ class ProcessBackend(Backend):
                 self._broken = (f"workers die before they start (exit code {code}); under the "
                                 "spawn and forkserver start methods the main module must be "
                                 "importable and guard its work with if __name__ == '__main__'")
-        running = worker.inflight[0] if worker.inflight else None
-        index = int(worker.status[1])
+        at = worker.holding()
+        if at is not None and code == _worker.IDLE_EXIT:
+            at = None  # it left on its own, between items
+        if at is not None and at[2] < 0 and not at[0].split:
+            at = None  # it died unpickling a whole chunk: resend it item by item to learn which
         for sent in worker.inflight:
             if sent.cancelled_at is not None:
                 continue
-            chunk = sent.chunk
-            if sent is running and code != _worker.IDLE_EXIT and sent.next_index <= index < sent.end:
-                # Items next_index..index were inside the dead worker: the one
-                # running and those whose results had not been flushed yet.
-                lost = tuple(range(sent.next_index, index + 1))
-                error = cause or WorkerCrashedError(
-                    _crash_message(worker, code, index, chunk, lost),
-                    pid=worker.pid, exitcode=code, indices=lost)
-                self._outcomes.append(crash_outcome(chunk, sent.next_index, error, index + 1))
-                first_unstarted = index + 1
+            chunk, split = sent.chunk, sent.split or at is None
+            if at is not None and at[0] is sent:
+                index = at[1]
+                error = cause or WorkerCrashedError(_crash_message(worker, code, index, chunk),
+                                                    pid=worker.pid, exitcode=code, indices=(index,))
+                self._outcomes.append(crash_outcome(chunk, index, error, index + 1))
+                # Results it had finished but not sent died with it: run those again.
+                self._requeue(chunk, sent.next_index, index, split)
+                self._requeue(chunk, index + 1, sent.end, split)
             else:
-                first_unstarted = sent.next_index
-            rest = chunk.items[first_unstarted - chunk.start:]
-            if rest:
-                self._requeue(Chunk(chunk.job, first_unstarted, rest))
+                self._requeue(chunk, sent.next_index, sent.end, split)
 
-    def _requeue(self, chunk: Chunk) -> None:
+    def _requeue(self, chunk: Chunk, start: int, end: int, split: bool) -> None:
+        if start >= end:
+            return
+        part = Chunk(chunk.job, start, chunk.items[start - chunk.start:end - chunk.start])
         if self._broken:
-            self.submit(chunk)
+            self.submit(part)
             return
         worker = min(self._pool, key=lambda w: len(w.inflight))
-        self._assign(worker, chunk)
+        self._assign(worker, part, split)
 
     def _deadline_wait(self, timeout: float | None) -> float | None:
         now = time.monotonic()
         for worker in self._pool:
-            if worker.inflight:
-                job = worker.inflight[0].chunk.job
-                started = worker.status[0]
-                if started > 0 and job.timeout is not None:
-                    left = max(0.0, started + job.timeout - now)
-                    timeout = left if timeout is None else min(timeout, left)
-                if worker.inflight[0].cancelled_at is not None:
-                    left = max(0.0, worker.inflight[0].cancelled_at + CANCEL_GRACE - now)
-                    timeout = left if timeout is None else min(timeout, left)
+            if not worker.inflight:
+                continue
+            ends = []
+            if worker.inflight[0].cancelled_at is not None:
+                ends.append(worker.inflight[0].cancelled_at + CANCEL_GRACE)
+            at = worker.holding()
+            if at is not None and at[2] > 0 and at[0].chunk.job.timeout is not None:
+                ends.append(at[2] + at[0].chunk.job.timeout)
+            for end in ends:
+                left = max(0.0, end - now)
+                timeout = left if timeout is None else min(timeout, left)
         return timeout
 
     def _enforce_deadlines(self) -> None:
@@ -309,15 +361,25 @@ class ProcessBackend(Backend):
         for worker in list(self._pool):
             if not worker.inflight:
                 continue
-            sent = worker.inflight[0]
-            job, started, index = sent.chunk.job, worker.status[0], int(worker.status[1])
-            if sent.cancelled_at is not None and now - sent.cancelled_at > CANCEL_GRACE:
+            cancelled_at = worker.inflight[0].cancelled_at
+            if cancelled_at is not None and now - cancelled_at > CANCEL_GRACE:
                 self._replace(worker)  # busy with a cancelled item: free it for new work
-            elif job.timeout is not None and started > 0 and now - started > job.timeout:
+                continue
+            at = worker.holding()
+            if at is None or at[2] <= 0:
+                continue
+            sent, index, started = at
+            timeout = sent.chunk.job.timeout
+            if timeout is not None and now - started > timeout:
                 item = sent.chunk.items[index - sent.chunk.start]
                 self._replace(worker, TaskTimeoutError(
-                    f"item #{index} ({short_repr(item)}) ran longer than timeout={job.timeout:g} s; "
+                    f"item #{index} ({short_repr(item)}) ran longer than timeout={timeout:g} s; "
                     f"its worker (pid {worker.pid}) was killed and replaced"))
+
+    def _disown(self) -> None:
+        """In a forked child: these workers are the parent's. Drop them
+        without a word to them; a call made here starts a pool of its own."""
+        self._pool, self._outcomes, self._inherited = [], [], True
 
 
 def _pickled_item(index: int, item: Any) -> tuple[str, bytes]:
@@ -328,8 +390,7 @@ def _pickled_item(index: int, item: Any) -> tuple[str, bytes]:
         return ("failed", _worker.dump_value(error))
 
 
-def _crash_message(worker: _Worker, code: int | None, index: int, chunk: Chunk,
-                   lost: tuple[int, ...]) -> str:
+def _crash_message(worker: _Worker, code: int | None, index: int, chunk: Chunk) -> str:
     how = f"exit code {code}"
     if code is not None and code < 0:
         try:
@@ -337,11 +398,27 @@ def _crash_message(worker: _Worker, code: int | None, index: int, chunk: Chunk,
         except ValueError:
             how = f"signal {-code}"
     item = chunk.items[index - chunk.start]
-    held = f"item #{index} ({short_repr(item)})"
-    if len(lost) > 1:
-        held += f"; the unsent results of items #{lost[0]}..#{lost[-2]} were lost with it"
-    return (f"worker pid {worker.pid} died ({how}) while it held {held}. "
-            "A new worker has replaced it")
+    return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
+            f"({short_repr(item)}). A new worker has replaced it")
+
+
+def _close_inherited_ends() -> None:
+    for conn in list(_caller_ends):
+        conn.close()
+    for backend in list(_live):
+        backend._disown()
+
+
+def _close_live_pools() -> None:
+    # Runs before multiprocessing's own exit hook (registered earlier), which
+    # would otherwise wait forever for workers of a pool still leased, say by
+    # an f.iter generator abandoned at Ctrl-C.
+    for backend in list(_live):
+        backend.close()
+
+
+os.register_at_fork(after_in_child=_close_inherited_ends)
+atexit.register(_close_live_pools)
 
 
 def create(workers: int, options: Options) -> ProcessBackend:

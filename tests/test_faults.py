@@ -1,0 +1,210 @@
+"""Faults, with real processes, real signals and real pickling.
+
+Each test names one fault and asserts what a user sees. Time bounds are
+generous: the suite shares two cores with other work, so a check that should
+take well under a second is allowed a few (each says so where it matters).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import (
+    NoPickle,
+    Unpicklable,
+    die_on,
+    die_quietly_on,
+    identity,
+    make_result,
+    mark_then_sleep,
+    pid_after,
+    raise_base,
+    sleep_then,
+    square,
+)
+
+from parloop import (
+    RemoteUnpicklingError,
+    TaskTimeoutError,
+    UnpicklableError,
+    WorkerCrashedError,
+    parallel_for,
+)
+from parloop.errors import RemoteTraceback
+
+SCRIPTS = Path(__file__).parent / "scripts"
+METHODS = ["fork", "forkserver", "spawn"]
+
+
+@pytest.fixture(params=METHODS)
+def method(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def process_pool(method: str, workers: int = 2, **options: Any) -> Any:
+    return parallel_for(backend="process", workers=workers, start_method=method, **options)
+
+
+def live(pid: int) -> bool:
+    """True while ``pid`` is a running process (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def worker_pids() -> set[int]:
+    """The pids of the workers of the active block's pool. Items are handed
+    to the worker holding fewest, so four of them reach both workers."""
+    return set(parallel_for(pid_after, chunksize=1)([0.05] * 4))
+
+
+def assert_full_strength(gone: int | None = None) -> set[int]:
+    pids = worker_pids()
+    assert len(pids) == 2, f"expected 2 live workers, saw {pids}"
+    assert all(live(pid) for pid in pids)
+    assert gone not in pids
+    return pids
+
+
+# -- a task raises ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_task_error_keeps_its_type_names_the_item_and_cancels_the_rest(
+        method: str, tmp_path: Path) -> None:
+    with process_pool(method) as pool:
+        before = worker_pids()
+        with pytest.raises(ValueError, match="item 3 is bad") as info:
+            pool.map(mark_then_sleep, range(40), str(tmp_path), 0.1, 3)
+        error = info.value
+        assert any("item #3" in note for note in error.__notes__)
+        assert isinstance(error.__cause__, RemoteTraceback)
+        assert "mark_then_sleep" in str(error.__cause__)  # the worker's own traceback
+        time.sleep(0.3)
+        started = len(list(tmp_path.iterdir()))
+        assert started < 20, f"{started} of 40 items ran after item 3 failed"
+        # The same pool serves the next call.
+        assert pool.map(square, range(10)) == [x * x for x in range(10)]
+        assert worker_pids() == before
+
+
+@pytest.mark.timeout(60)
+def test_system_exit_or_keyboard_interrupt_in_a_task_is_an_ordinary_task_error(
+        method: str) -> None:
+    with process_pool(method) as pool:
+        before = worker_pids()
+        for kind, expected in [("SystemExit", SystemExit), ("KeyboardInterrupt", KeyboardInterrupt)]:
+            with pytest.raises(expected) as info:
+                pool.map(raise_base, range(6), kind)
+            assert any("item #1" in note for note in info.value.__notes__)
+            assert isinstance(info.value.__cause__, RemoteTraceback)
+            assert pool.map(raise_base, [0, 2, 3], kind) == [0, 2, 3]
+        assert worker_pids() == before  # the workers were not killed
+
+
+# -- a worker dies -----------------------------------------------------------------------
+
+CRASHES = {"exit": "exit code 7", "kill": "signal SIGKILL", "segv": "signal SIGSEGV"}
+
+
+@pytest.mark.timeout(60)
+def test_a_dead_worker_is_reported_and_replaced(method: str) -> None:
+    with process_pool(method) as pool:
+        pids = worker_pids()
+        for how, words in CRASHES.items():
+            began = time.monotonic()
+            with pytest.raises(WorkerCrashedError) as info:
+                pool.map(die_quietly_on, range(8), 2, how)
+            assert time.monotonic() - began < 5  # seen at once; generous under load
+            error = info.value
+            assert error.indices == (2,)
+            assert error.pid in pids
+            message = str(error)
+            assert "item #2" in message and words in message and f"pid {error.pid}" in message
+            assert any("item #2" in note for note in error.__notes__)
+            pids = assert_full_strength(gone=error.pid)
+
+        # errors="return": only the item in the dead worker fails, even when
+        # the worker had run others whose results it had not sent yet.
+        results = parallel_for(die_on, errors="return")(range(300), 250, "kill")
+        assert isinstance(results[250], WorkerCrashedError)
+        assert results[:250] + results[251:] == [x for x in range(300) if x != 250]
+        assert_full_strength()
+
+
+# -- pickling --------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_function_or_argument_fails_before_anything_runs(tmp_path: Path) -> None:
+    lock = threading.Lock()
+
+    def holds_a_lock(x: int, directory: str) -> int:
+        with lock:
+            return mark_then_sleep(x, directory, 0.0)
+
+    # Pickling in the caller is the same whatever the start method.
+    with process_pool("forkserver") as pool:
+        before = worker_pids()
+        with pytest.raises(UnpicklableError, match="lock"):
+            pool.map(holds_a_lock, range(4), str(tmp_path))
+        with pytest.raises(UnpicklableError, match="NoPickle"):
+            pool.map(mark_then_sleep, range(4), str(tmp_path), NoPickle())
+        assert list(tmp_path.iterdir()) == []
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert worker_pids() == before
+
+
+UNPICKLING = {  # what fails -> (items, function, its extra argument, the message's words)
+    "item-in-worker": ([0, Unpicklable(1), 2, 3], identity, (), "could not be unpickled in the worker"),
+    "result-in-worker": ([0, 1, 2, 3], make_result, ("unpicklable-result",),
+                         "could not be pickled in the worker"),
+    "result-in-caller": ([0, 1, 2, 3], make_result, ("unloadable-result",),
+                         "could not be unpickled in the caller"),
+}
+
+
+@pytest.mark.timeout(60)
+def test_a_value_that_fails_to_unpickle_fails_only_its_item(method: str) -> None:
+    with process_pool(method) as pool:
+        before = worker_pids()
+        for items, fn, args, words in UNPICKLING.values():
+            results = parallel_for(fn, errors="return")(items, *args)
+            assert [results[0], *results[2:]] == [0, 2, 3]
+            assert isinstance(results[1], RemoteUnpicklingError)
+            assert words in str(results[1]) and "item #1" in str(results[1])
+            with pytest.raises(RemoteUnpicklingError, match=words):
+                parallel_for(fn)(items, *args)
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert worker_pids() == before
+
+
+# -- timeout= ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_an_item_past_its_timeout_is_killed_and_its_worker_replaced(method: str) -> None:
+    with process_pool(method):
+        before = worker_pids()
+        began = time.monotonic()
+        with pytest.raises(TaskTimeoutError) as info:
+            parallel_for(pid_after, timeout=1.0)([0.1, 30.0, 0.1, 0.1])
+        assert time.monotonic() - began < 6  # 1 s timeout, generous under load
+        assert isinstance(info.value, TimeoutError)
+        assert "item #1" in str(info.value)
+        gone = before - worker_pids()
+        assert len(gone) == 1  # exactly the worker running item #1 was replaced
+        assert_full_strength(gone=gone.pop())
+
+
+@pytest.mark.timeout(60)
+def test_the_timeout_clock_starts_when_the_item_starts() -> None:
+    # Item 2 waits 0.6 s in the queue: it would time out if that counted.
+    one_worker = parallel_for(sleep_then, backend="process", workers=1, timeout=1.0)
+    assert one_worker([0.6, 0.6]) == [0.6, 0.6]
