@@ -50,7 +50,8 @@ def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
              kwargs: dict[str, Any], explicit: dict[str, Any],
              record: Callable[[Plan], None]) -> Iterator[Any]:
     block = active_block()
-    batches = _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record)
+    batches = _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
+                            eager_errors=False)
     try:
         for batch in batches:
             yield from batch

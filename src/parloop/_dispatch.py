@@ -66,14 +66,20 @@ class _Run:
     """The state of one call, from the first item to the plan's last number."""
 
     def __init__(self, fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
-                 kwargs: dict[str, Any], options: Options, block: _scope.Block | None) -> None:
+                 kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
+                 eager_errors: bool = True) -> None:
         self.options = options
+        # A list call raises the first error at once; an ordered iterator
+        # first yields the results before the failing item, as a loop would.
+        self.eager_errors = eager_errors
         self.block = block
         self.total = _length(items)
         self.iterator = iter(items)
         self.index = 0  # of the next item to read from the input
         self.workers = options.worker_count()
-        self.job = Job(fn, args, kwargs, options.star, options.errors == "raise", options.timeout)
+        # A chunk stops at its first error only when that error ends the call.
+        stop_on_error = options.errors == "raise" and options.retries == 0
+        self.job = Job(fn, args, kwargs, options.star, stop_on_error, options.timeout)
         self.return_errors = options.errors == "return"
         self.started = time.perf_counter()
         self.plan = _planner.Plan("serial", 1, None, "")
@@ -84,11 +90,19 @@ class _Run:
 
     # -- serial -----------------------------------------------------------------------
 
-    def _fail(self, exc: BaseException, item: Any) -> Any:
+    def _recover(self, call: Callable[[Any], Any], item: Any,
+                 exc: BaseException) -> tuple[bool, Any]:
+        """Item ``self.index - 1`` raised ``exc`` here: retry it as allowed.
+        ``(True, result)``, or ``(False, the last exception, noted)``."""
+        attempts = 0
+        while self._retryable(exc, attempts):
+            attempts += 1
+            try:
+                return True, call(item)
+            except Exception as again:
+                exc = again
         _note(exc, self.index - 1, item)
-        if self.return_errors:
-            return exc
-        raise exc
+        return False, exc
 
     def serial(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None) in the caller."""
@@ -97,14 +111,21 @@ class _Run:
         while True:
             batch: list[Any] = []
             append = batch.append
+            failure: BaseException | None = None
             for item in islice(source, SERIAL_BATCH):
                 self.index += 1
                 try:
                     append(call(item))
                 except Exception as exc:
-                    append(self._fail(exc, item))
+                    ok, value = self._recover(call, item, exc)
+                    if not ok and not self.return_errors:
+                        failure = value
+                        break
+                    append(value)
             if batch:
-                yield batch
+                yield batch  # the results before a failure still reach an iterator
+            if failure is not None:
+                raise failure
             if len(batch) < SERIAL_BATCH:
                 return
 
@@ -119,7 +140,9 @@ class _Run:
             try:
                 result = call(item)
             except Exception as exc:
-                result = self._fail(exc, item)
+                ok, result = self._recover(call, item, exc)
+                if not ok and not self.return_errors:
+                    raise result from result.__cause__
             probe.times.append(clock() - began)
             self._note_time(probe.times[-1], self.index - 1)
             if self.index == 1:
@@ -134,96 +157,26 @@ class _Run:
 
     def parallel(self, lease: _scope.Lease, sizer: _planner.ChunkSizer) -> Iterator[list[Any]]:
         backend = lease.backend
-        job = self.job
-        backend.start_job(job)
-        starts: list[int] = []  # chunk starts, ascending, of chunks not fully answered
-        chunks: dict[int, tuple[list[Any], list[int]]] = {}  # start -> (items, [unanswered])
-        attempts: dict[int, int] = {}
-        held: dict[int, Outcome] = {}  # input order: outcomes waiting for earlier ones
-        next_out = self.index
-        in_flight = 0
-        input_error: BaseException | None = None
-        exhausted = False
-        ordered = self.options.ordered
+        backend.start_job(self.job)
+        flow = _Flow(self, backend, sizer)
         broken = False
         try:
             while True:
-                window = 2 * self.workers * max(1, sizer.next(None))
-                while not exhausted and in_flight < window:
-                    remaining = None if self.total is None else self.total - self.index
-                    size = sizer.next(remaining)
-                    try:
-                        taken = self.first_item + list(islice(self.iterator, size - len(self.first_item)))
-                    except Exception as exc:  # the input itself failed: finish what was read
-                        input_error, exhausted, taken = exc, True, []
-                    self.first_item = []
-                    if len(taken) < size:
-                        exhausted = True
-                    if taken:
-                        backend.submit(Chunk(job, self.index, taken))
-                        bisect.insort(starts, self.index)
-                        chunks[self.index] = (taken, [len(taken)])
-                        self.index += len(taken)
-                        in_flight += len(taken)
-                if in_flight == 0:
+                flow.fill()
+                if flow.in_flight == 0:
                     break
-                for outcome in backend.wait(job, None):
-                    in_flight -= len(outcome.values)
-                    sizer.observe(len(outcome.values), outcome.busy)
-                    self._account(outcome)
-                    retry = self._settle(outcome, starts, chunks, attempts)
-                    for index, item in retry:
-                        backend.submit(Chunk(job, index, [item]))
-                        in_flight += 1
-                        outcome.values[index - outcome.start] = _RETRIED
-                    if not ordered:
-                        ready = [v for v in outcome.values if v is not _RETRIED]
-                        if ready:
-                            yield ready
-                        continue
-                    held[outcome.start] = outcome
-                    while next_out in held:
-                        piece = held.pop(next_out)
-                        next_out += len(piece.values)
-                        ready = [v for v in piece.values if v is not _RETRIED]
-                        if ready:
-                            yield ready
-            if input_error is not None:
-                raise input_error
+                for outcome in backend.wait(self.job, None):
+                    yield from flow.receive(outcome)
+            if flow.input_error is not None:
+                raise flow.input_error
         except BaseException as exc:
-            backend.cancel(job)
+            backend.cancel(self.job)
             # Ctrl-C (not a task that raised KeyboardInterrupt): kill the workers now.
-            broken = not isinstance(exc, (Exception, GeneratorExit)) \
-                and not getattr(exc, "_parloop_task", False)
+            broken = not isinstance(exc, (Exception, GeneratorExit)) and exc is not flow.raised
             raise
         finally:
-            backend.end_job(job)
+            backend.end_job(self.job)
             lease.release(broken)
-
-    def _settle(self, outcome: Outcome, starts: list[int],
-                chunks: dict[int, tuple[list[Any], list[int]]],
-                attempts: dict[int, int]) -> list[tuple[int, Any]]:
-        """Note each error, decide retries, raise the first error if asked to."""
-        position = bisect.bisect_right(starts, outcome.start) - 1
-        chunk_start = starts[position]
-        items, unanswered = chunks[chunk_start]
-        retry: list[tuple[int, Any]] = []
-        for index, exc in sorted(outcome.errors.items()):
-            item = items[index - chunk_start] if 0 <= index - chunk_start < len(items) else None
-            if self._retryable(exc, attempts.get(index, 0)):
-                attempts[index] = attempts.get(index, 0) + 1
-                retry.append((index, item))
-                continue
-            _note(exc, index, item)
-            if not self.return_errors:
-                exc._parloop_task = True  # type: ignore[attr-defined]
-                raise exc
-            outcome.values[index - outcome.start] = exc
-        unanswered[0] -= len(outcome.values) - len(retry)
-        if unanswered[0] <= 0:
-            del chunks[chunk_start]
-            starts.pop(position)
-        return retry
 
     def _retryable(self, exc: BaseException, attempts: int) -> bool:
         if attempts >= self.options.retries:
@@ -243,7 +196,128 @@ class _Run:
             seconds[outcome.worker] = seconds.get(outcome.worker, 0.0) + outcome.busy
 
 
-_RETRIED = object()
+_HOLE = object()  # a result slot waiting for its item's retry
+
+
+class _Flow:
+    """One parallel run's bookkeeping: the bounded window of chunks in
+    flight, retries, notes on errors, and putting results back in order."""
+
+    def __init__(self, run: _Run, backend: Backend, sizer: _planner.ChunkSizer) -> None:
+        self.run = run
+        self.backend = backend
+        self.sizer = sizer
+        self.ordered = run.options.ordered
+        self.in_flight = 0
+        self.exhausted = False
+        self.input_error: BaseException | None = None
+        self.raised: BaseException | None = None
+        self.starts: list[int] = []  # ascending starts of chunks not fully answered
+        self.chunks: dict[int, tuple[list[Any], list[int]]] = {}  # start -> (items, [unanswered])
+        self.attempts: dict[int, int] = {}
+        self.holes: dict[int, Outcome] = {}  # retried index -> the outcome it belongs in
+        self.held: dict[int, Outcome] = {}  # ordered: outcomes waiting for earlier ones
+        self.next_out = run.index
+        self.failure: tuple[int, BaseException] | None = None  # ordered: raise on reaching it
+
+    def fill(self) -> None:
+        """Submit chunks until about two per worker are in flight."""
+        run = self.run
+        window = 2 * run.workers * max(1, self.sizer.next(None))
+        while not self.exhausted and self.in_flight < window:
+            remaining = None if run.total is None else run.total - run.index
+            size = self.sizer.next(remaining)
+            try:
+                taken = run.first_item + list(islice(run.iterator, size - len(run.first_item)))
+            except Exception as exc:  # the input itself failed: finish what was read first
+                self.input_error, self.exhausted, taken = exc, True, []
+            run.first_item = []
+            if len(taken) < size:
+                self.exhausted = True
+            if taken:
+                self._submit(Chunk(run.job, run.index, taken))
+                self.starts.append(run.index)  # inputs are read in order: stays sorted
+                self.chunks[run.index] = (taken, [len(taken)])
+                run.index += len(taken)
+
+    def _submit(self, chunk: Chunk) -> None:
+        self.backend.submit(chunk)
+        self.in_flight += len(chunk.items)
+
+    def receive(self, outcome: Outcome) -> Iterator[list[Any]]:
+        """Account for ``outcome``; yield whatever results it makes ready."""
+        run = self.run
+        self.in_flight -= len(outcome.values)
+        self.sizer.observe(len(outcome.values), outcome.busy)
+        run._account(outcome)
+        self._settle(outcome)
+        parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None
+        if parent is not None:  # a retried item: fill its hole
+            value = outcome.values[0]
+            if value is _HOLE:  # retried again
+                self.holes[outcome.start] = parent
+                return
+            parent.values[outcome.start - parent.start] = value
+            parent.missing -= 1
+            outcome = parent
+            if not self.ordered:
+                yield [value]
+                return
+        elif not self.ordered:
+            ready = [v for v in outcome.values if v is not _HOLE]
+            if ready:
+                yield ready
+            return
+        else:
+            self.held[outcome.start] = outcome
+        while self.next_out in self.held and self.held[self.next_out].missing == 0:
+            piece = self.held.pop(self.next_out)
+            self.next_out += len(piece.values)
+            if self.failure is not None and self.failure[0] < self.next_out:
+                index, exc = self.failure
+                before = piece.values[:index - piece.start]
+                if before:
+                    yield before
+                self.raised = exc
+                raise exc
+            yield piece.values
+
+    def _settle(self, outcome: Outcome) -> None:
+        """Note each error; retry it, keep it (errors="return") or raise it."""
+        position = bisect.bisect_right(self.starts, outcome.start) - 1
+        chunk_start = self.starts[position]
+        items, unanswered = self.chunks[chunk_start]
+        retried = 0
+        for index, exc in sorted(outcome.errors.items()):
+            item = items[index - chunk_start]
+            slot = index - outcome.start
+            if self.run._retryable(exc, self.attempts.get(index, 0)):
+                self.attempts[index] = self.attempts.get(index, 0) + 1
+                outcome.values[slot] = _HOLE
+                if len(outcome.values) > 1 or outcome.start not in self.holes:
+                    outcome.missing += 1
+                    self.holes[index] = outcome
+                self._submit(Chunk(self.run.job, index, [item]))
+                retried += 1
+                continue
+            _note(exc, index, item)
+            outcome.values[slot] = exc
+            if self.run.return_errors:
+                continue
+            if not self.ordered or self.run.eager_errors:
+                self.raised = exc
+                raise exc
+            # In input order, the results before this item come out first.
+            if self.failure is None or index < self.failure[0]:
+                self.failure = (index, exc)
+            self.exhausted = True
+        unanswered[0] -= len(outcome.values) - retried
+        if unanswered[0] <= 0:
+            del self.chunks[chunk_start]
+            self.starts.pop(position)
+
+
+
 
 
 
@@ -293,9 +367,10 @@ def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator
 
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
-        record: Callable[[_planner.Plan], None]) -> Generator[list[Any], None, None]:
+        record: Callable[[_planner.Plan], None],
+        eager_errors: bool = True) -> Generator[list[Any], None, None]:
     """Run ``fn`` over ``items``; yield lists of results. See the module docstring."""
-    state = _Run(fn, items, args, kwargs, options, block)
+    state = _Run(fn, items, args, kwargs, options, block, eager_errors)
     progress = make_progress(options.progress, state.total, getattr(fn, "__name__", "parloop"))
     try:
         for batch in _execute(state, options, block):

@@ -84,6 +84,7 @@ class Outcome:
     busy: float = 0.0
     worker: str = ""
     slowest: tuple[float, int] = (0.0, -1)  # (seconds, index) of the slowest item here
+    missing: int = 0  # the engine's count of slots still waiting for a retry
 
 
 def run_chunk(chunk: Chunk, catch: type[BaseException] = Exception) -> Outcome:
