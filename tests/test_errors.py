@@ -6,8 +6,8 @@ import os
 from pathlib import Path
 
 import pytest
-
 from helpers import fail_on, square
+
 from parloop import parallel_for
 from parloop.errors import RemoteTraceback
 

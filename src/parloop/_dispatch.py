@@ -34,7 +34,7 @@ from . import _planner, _scope
 from ._options import Options
 from ._pickling import explain_item, explain_unpicklable, is_wrapper
 from ._progress import make_progress
-from .backends.base import Chunk, Job, Outcome
+from .backends.base import Backend, Chunk, Job, Outcome
 from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
 
 __all__ = ["run"]
