@@ -124,7 +124,7 @@ class _Calls:
     @property
     def _state(self) -> _State:
         parent = getattr(self, "_self_parent", None)
-        return cast(_State, (parent if parent is not None else self)._self_state)
+        return cast(_State, getattr(parent if parent is not None else self, "_self_state"))
 
     @property
     def last_plan(self) -> Plan | None:
