@@ -124,7 +124,8 @@ class _Calls:
     @property
     def _state(self) -> _State:
         parent = getattr(self, "_self_parent", None)
-        return cast(_State, getattr(parent if parent is not None else self, "_self_state"))
+        owner: Any = parent if parent is not None else self
+        return cast(_State, owner._self_state)
 
     @property
     def last_plan(self) -> Plan | None:
