@@ -7,6 +7,11 @@ take well under a second is allowed a few (each says so where it matters).
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -208,3 +213,103 @@ def test_the_timeout_clock_starts_when_the_item_starts() -> None:
     # Item 2 waits 0.6 s in the queue: it would time out if that counted.
     one_worker = parallel_for(sleep_then, backend="process", workers=1, timeout=1.0)
     assert one_worker([0.6, 0.6]) == [0.6, 0.6]
+
+
+# -- Ctrl-C, and a caller killed outright ------------------------------------------------
+
+
+def _descendants(root: int) -> set[int]:
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError):
+                continue
+    found: set[int] = set()
+    frontier = {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _start_script(name: str, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """Run tests/scripts/``name`` in a session of its own; wait for its report."""
+    process = subprocess.Popen([sys.executable, str(SCRIPTS / name), *args], text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    assert process.stdout is not None
+    line = process.stdout.readline()  # the test's own timeout bounds this
+    if not line:
+        process.kill()
+        _, err = process.communicate()
+        pytest.fail(f"{name} reported nothing; stderr:\n{err}")
+    return process, json.loads(line)
+
+
+def _wait_gone(pids: set[int], seconds: float) -> set[int]:
+    deadline = time.monotonic() + seconds
+    while (alive := {pid for pid in pids if live(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return alive
+
+
+def _reap(process: subprocess.Popen[str], pids: set[int]) -> str:
+    """Kill whatever is left of the script and its processes; its stderr.
+    (A survivor holding the script's stderr would make reading it hang.)"""
+    for pid in pids | _descendants(process.pid):
+        if live(pid):
+            os.kill(pid, signal.SIGKILL)
+    if process.poll() is None:
+        process.kill()
+    return process.communicate()[1]
+
+
+# (start method, call form, who gets SIGINT): the caller alone, as a test harness
+# would send it, or its whole process group, as a terminal's Ctrl-C does.
+INTERRUPTS = [("fork", "map", "caller"), ("fork", "iter", "group"),
+              ("forkserver", "map", "group"), ("forkserver", "iter", "caller"),
+              ("spawn", "map", "caller"), ("spawn", "iter", "group")]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("method", "form", "target"), INTERRUPTS)
+def test_ctrl_c_stops_the_call_with_one_traceback_and_no_survivors(
+        method: str, form: str, target: str) -> None:
+    process, facts = _start_script("interrupted.py", method, form)
+    everyone = _descendants(process.pid)
+    try:
+        assert len(facts["workers"]) == 2 and set(facts["workers"]) <= everyone
+        time.sleep(0.5)  # the long call is under way
+        began = time.monotonic()
+        if target == "group":
+            os.killpg(process.pid, signal.SIGINT)
+        else:
+            os.kill(process.pid, signal.SIGINT)
+        process.wait(timeout=20)
+        took = time.monotonic() - began
+        survivors = _wait_gone(everyone, 5)
+    finally:
+        err = _reap(process, everyone)
+    assert took < 5, f"took {took:.1f} s to stop"  # 2 s is the promise; 5 s under load
+    assert not survivors, f"processes survived the Ctrl-C: {sorted(survivors)}"
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+
+
+@pytest.mark.timeout(60)
+def test_workers_exit_when_their_caller_is_killed(method: str) -> None:
+    process, facts = _start_script("orphaned.py", method)
+    everyone = _descendants(process.pid)
+    try:
+        assert set(facts["workers"]) <= everyone
+        time.sleep(0.3)
+        process.kill()
+        process.wait(timeout=20)
+        # They notice at once; 10 s allows for a loaded machine.
+        survivors = _wait_gone(everyone, 10)
+    finally:
+        _reap(process, everyone)
+    assert not survivors, f"orphans left running: {sorted(survivors)}"
