@@ -1,0 +1,95 @@
+"""Which cells run: a sparse grid over item count, per-item cost and payload.
+
+The full cartesian product would take hours on two cores, so each cell is
+chosen to show one thing: pure overhead (``x*x``), the break-even region
+where a pool only just pays, CPU-heavy loops where every core should be
+busy, and payloads large enough that moving them costs more than the work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+SERIAL_BUDGET = 5.0  # seconds of serial work above which a cell is sized down
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One benchmark: ``items`` calls of about ``cost`` seconds each on items of
+    ``payload`` kind and ``size`` bytes."""
+
+    label: str
+    work: str  # "square" (x*x) or "spin" (the calibrated busy loop)
+    items: int
+    cost: float = 0.0  # seconds per item for "spin"; x*x is ~0.1 µs
+    payload: str = "int"  # "int", "bytes" or "numpy"
+    size: int = 8  # bytes per item
+    tiny: bool = False  # target: within 1 ms of a plain loop, cold
+    cpu_heavy: bool = False  # target: within 1.10x of serial / cores
+
+    @property
+    def serial_estimate(self) -> float:
+        return self.items * max(self.cost, 1e-7)
+
+    def sized(self, budget: float = SERIAL_BUDGET) -> Cell:
+        """This cell, with fewer items if its serial work would exceed ``budget``."""
+        if self.serial_estimate <= budget:
+            return self
+        items = max(1, int(budget / max(self.cost, 1e-7)))
+        return replace(self, items=items, label=f"{self.label} (sized to {items})")
+
+
+def _spin(items: int, cost: float, payload: str = "int", size: int = 8,
+          heavy: bool = False) -> Cell:
+    what = {"int": "int", "bytes": f"{_bytes(size)} bytes", "numpy": f"{_bytes(size)} ndarray"}[payload]
+    label = f"{_count(items)} × {_seconds(cost)}, {what}"
+    return Cell(label, "spin", items, cost, payload, size, cpu_heavy=heavy)
+
+
+def _count(n: int) -> str:
+    exponent = len(str(n)) - 1
+    return f"10^{exponent}" if n >= 1000 and n == 10**exponent else str(n)
+
+
+def _seconds(seconds: float) -> str:
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:g} ms"
+    return f"{seconds * 1e6:g} µs"
+
+
+def _bytes(size: int) -> str:
+    for unit, scale in (("MB", 10**6), ("KB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} B"
+
+
+FULL: list[Cell] = [
+    Cell("8 × x*x (tiny)", "square", 8, tiny=True),
+    Cell("10^3 × x*x", "square", 1000),
+    Cell("10^6 × x*x", "square", 10**6),
+    _spin(10**6, 1e-6),
+    _spin(10**5, 10e-6),
+    _spin(100, 100e-6),
+    _spin(10**4, 100e-6),
+    _spin(30, 1e-3),
+    _spin(2000, 1e-3, heavy=True),
+    _spin(8, 10e-3),
+    _spin(300, 10e-3, heavy=True),
+    _spin(2, 100e-3, heavy=True),
+    _spin(40, 100e-3, heavy=True),
+    _spin(10**4, 100e-6, "bytes", 100),
+    _spin(1000, 1e-3, "numpy", 10**4, heavy=True),
+    _spin(1000, 10e-6, "numpy", 10**5),
+    _spin(100, 10e-3, "numpy", 10**6, heavy=True),
+    _spin(20, 1e-6, "numpy", 10**7),
+    _spin(20, 100e-3, "numpy", 10**7, heavy=True),
+]
+
+QUICK: list[Cell] = [
+    Cell("8 × x*x (tiny)", "square", 8, tiny=True),
+    _spin(2000, 100e-6),
+    _spin(300, 1e-3, heavy=True),
+    _spin(20, 10e-3, "numpy", 10**6, heavy=True),
+    _spin(4, 1e-6, "numpy", 10**7),
+]
