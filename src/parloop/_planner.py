@@ -203,10 +203,10 @@ class Probe:
 
 def static_choice(options: Options, workers: int, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    if options.backend != "auto":
-        return options.backend, f"backend={options.backend!r} was asked for"
     if _state.IN_WORKER or multiprocessing.current_process().daemon:
         return "serial", "already inside a worker process: a pool never starts a pool"
+    if options.backend != "auto":
+        return options.backend, f"backend={options.backend!r} was asked for"
     if workers == 1:
         return "serial", f"1 worker ({_cpu.cpu_report().reason})"
     if total is not None and total <= 1:
