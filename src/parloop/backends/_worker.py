@@ -31,6 +31,7 @@ from typing import Any
 import cloudpickle
 
 from .. import _state
+from .._options import block_var
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
 PROTOCOL = 5
@@ -212,6 +213,9 @@ def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the caller at start
     _state.IN_WORKER = True
+    # A forked worker inherits the caller's active ``with`` block; a call made
+    # here must not use it (its pool is the caller's, its lock maybe held).
+    block_var().set(None)
     _limit_native_threads(threads)
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     cancelled: set[int] = set()
