@@ -14,6 +14,8 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,12 @@ from helpers import (
     NoPickle,
     Unpicklable,
     die_on,
+    die_once,
+    fail_once,
+    nested_explicit,
+    nested_outer,
+    parent_pid,
+    square,
     die_quietly_on,
     identity,
     make_result,
@@ -39,6 +47,7 @@ from parloop import (
     WorkerCrashedError,
     parallel_for,
 )
+from parloop.backends.process import default_start_method
 from parloop.errors import RemoteTraceback
 
 SCRIPTS = Path(__file__).parent / "scripts"
@@ -313,3 +322,117 @@ def test_workers_exit_when_their_caller_is_killed(method: str) -> None:
     finally:
         _reap(process, everyone)
     assert not survivors, f"orphans left running: {sorted(survivors)}"
+
+
+# -- the input, and the consumer -------------------------------------------------------
+
+
+def _breaks_after(count: int) -> Iterator[int]:
+    yield from range(count)
+    raise OSError("the input broke")
+
+
+# The engine drops the items read in the same chunk as the input's error
+# (parloop._dispatch._Flow.fill); the fix is in issue 4's report. Strict:
+# once fixed this XPASSes and fails, so the marker goes.
+NEEDS_DISPATCH_FIX = pytest.mark.xfail(strict=True, reason="needs the _dispatch fix of issue 4")
+
+
+@NEEDS_DISPATCH_FIX
+@pytest.mark.timeout(60)
+def test_an_input_that_raises_midway_raises_after_the_items_before_it(tmp_path: Path) -> None:
+    marks = tmp_path / "list"
+    marks.mkdir()
+    with process_pool("fork", chunksize=4):
+        with pytest.raises(OSError, match="the input broke"):
+            parallel_for(mark_then_sleep)(_breaks_after(10), str(marks), 0.0)
+        assert sorted(int(p.name) for p in marks.iterdir()) == list(range(10))
+        got = []
+        with pytest.raises(OSError, match="the input broke"):
+            for value in parallel_for(square).iter(_breaks_after(10)):
+                got.append(value)
+        assert got == [x * x for x in range(10)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["break", "close", "collected"])
+def test_a_consumer_that_stops_early_cancels_the_rest(how: str, tmp_path: Path) -> None:
+    with process_pool("forkserver") as pool:
+        slow = parallel_for(mark_then_sleep, chunksize=1)
+        if how == "break":
+            for _ in slow.iter(range(40), str(tmp_path), 5.0):
+                break  # the loop held the only reference: the iterator is collected here
+        else:
+            results = slow.iter(range(40), str(tmp_path), 5.0)
+            next(results)
+            if how == "close":
+                results.close()
+            else:
+                del results
+        began = time.monotonic()
+        assert pool.map(square, range(6)) == [x * x for x in range(6)]
+        took = time.monotonic() - began
+        # Both workers were 5 s into cancelled items: they are replaced.
+        assert took < 3, f"the next call waited {took:.1f} s"  # 1 s promised; 3 s under load
+        started = len(list(tmp_path.iterdir()))
+        assert started <= 6, f"{started} of 40 items started"
+
+
+# -- where processes come from ------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_nested_parallel_for_runs_serially_inside_a_worker(method: str) -> None:
+    with process_pool(method):
+        outer = nested_outer([0, 1, 2])
+        explicit = parallel_for(nested_explicit)([0, 1])
+    assert nested_outer.last_plan is not None and nested_outer.last_plan.backend == "process"
+    assert outer == [(x, [i * i for i in range(x + 2)], "serial") for x in range(3)]
+    # Even an inner function that asks for backend="process" runs serially there.
+    assert explicit == [([i * i for i in range(x + 2)], "serial") for x in range(2)]
+
+
+@pytest.mark.timeout(60)
+def test_a_caller_with_threads_gets_forkserver_and_no_fork_warning() -> None:
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, name="caller-thread")
+    thread.start()
+    try:
+        assert default_start_method() == "forkserver"
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            parents = parallel_for(parent_pid, backend="process", workers=2)(range(4))
+    finally:
+        stop.set()
+        thread.join()
+    assert os.getpid() not in parents  # the fork server's children, not forks of ours
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    # pytest itself runs a watchdog thread, so the single-threaded case needs
+    # a process of its own; any DeprecationWarning there is an error.
+    result = subprocess.run([sys.executable, "-W", "error::DeprecationWarning",
+                             str(SCRIPTS / "threaded_caller.py")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr, result.stderr
+    assert json.loads(result.stdout) == {"alone": ["fork", True], "threaded": ["forkserver", False]}
+
+
+# -- retries= --------------------------------------------------------------------------
+
+
+# A retried item whose chunk held only it never comes out (parloop._dispatch
+# _Flow.receive); the fix is in issue 4's report.
+@NEEDS_DISPATCH_FIX
+@pytest.mark.timeout(60)
+def test_retries_rerun_failed_and_crashed_items(tmp_path: Path) -> None:
+    first, second, third, fourth = (tmp_path / name for name in "abcd")
+    for directory in (first, second, third, fourth):
+        directory.mkdir()
+    with process_pool("forkserver"):
+        retrying = parallel_for(fail_once, retries=1, retry_on=ValueError)
+        assert retrying(range(8), str(first)) == list(range(8))
+        with pytest.raises(ValueError, match="first try"):
+            parallel_for(fail_once, retries=0, retry_on=ValueError)(range(8), str(second))
+        # A crash is always worth another try when retries allow.
+        assert parallel_for(die_once, retries=1)(range(8), str(third)) == list(range(8))
+        with pytest.raises(WorkerCrashedError):
+            parallel_for(die_once)(range(8), str(fourth))
