@@ -67,17 +67,23 @@ async def run_async(batches: Generator[list[Any], None, None]) -> AsyncIterator[
     stop = threading.Event()
     context = contextvars.copy_context()
 
+    def post(kind: str, value: Any) -> None:
+        try:
+            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
+        except RuntimeError:  # the loop closed under us (asyncio.run ended): wind down
+            stop.set()
+
     def produce() -> None:
         try:
             for batch in batches:
-                loop.call_soon_threadsafe(queue.put_nowait, ("batch", batch))
+                post("batch", batch)
                 if stop.is_set():
                     break
         except BaseException as exc:
-            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+            post("error", exc)
         finally:
             batches.close()
-            loop.call_soon_threadsafe(queue.put_nowait, ("end", None))
+            post("end", None)
 
     thread = threading.Thread(target=context.run, args=(produce,), daemon=True,
                               name="parloop-async")

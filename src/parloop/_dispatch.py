@@ -72,6 +72,9 @@ class _Run:
         # A list call raises the first error at once; an ordered iterator
         # first yields the results before the failing item, as a loop would.
         self.eager_errors = eager_errors
+        # A list call runs serial work in big batches (fastest); an iterator, an
+        # async call or a progress bar needs each result as soon as it exists.
+        self.batch_size = SERIAL_BATCH if eager_errors and not options.progress else 1
         self.block = block
         self.total = _length(items)
         self.iterator = iter(items)
@@ -112,7 +115,7 @@ class _Run:
             batch: list[Any] = []
             append = batch.append
             failure: BaseException | None = None
-            for item in islice(source, SERIAL_BATCH):
+            for item in islice(source, self.batch_size):
                 self.index += 1
                 try:
                     append(call(item))
@@ -126,7 +129,7 @@ class _Run:
                 yield batch  # the results before a failure still reach an iterator
             if failure is not None:
                 raise failure
-            if len(batch) < SERIAL_BATCH:
+            if len(batch) < self.batch_size:
                 return
 
     def probe(self, startup: float, method: str) -> Iterator[list[Any]]:
@@ -227,11 +230,12 @@ class _Flow:
         while not self.exhausted and self.in_flight < window:
             remaining = None if run.total is None else run.total - run.index
             size = self.sizer.next(remaining)
+            taken, run.first_item = run.first_item, []
             try:
-                taken = run.first_item + list(islice(run.iterator, size - len(run.first_item)))
+                # extend() keeps what it read before an exception from the input
+                taken.extend(islice(run.iterator, size - len(taken)))
             except Exception as exc:  # the input itself failed: finish what was read first
-                self.input_error, self.exhausted, taken = exc, True, []
-            run.first_item = []
+                self.input_error, self.exhausted = exc, True
             if len(taken) < size:
                 self.exhausted = True
             if taken:
@@ -250,12 +254,11 @@ class _Flow:
         self.in_flight -= len(outcome.values)
         self.sizer.observe(len(outcome.values), outcome.busy)
         run._account(outcome)
-        self._settle(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None
+        self._settle(outcome, parent)
         if parent is not None:  # a retried item: fill its hole
             value = outcome.values[0]
-            if value is _HOLE:  # retried again
-                self.holes[outcome.start] = parent
+            if value is _HOLE:  # retried again; _settle put the hole back
                 return
             parent.values[outcome.start - parent.start] = value
             parent.missing -= 1
@@ -282,8 +285,9 @@ class _Flow:
                 raise exc
             yield piece.values
 
-    def _settle(self, outcome: Outcome) -> None:
-        """Note each error; retry it, keep it (errors="return") or raise it."""
+    def _settle(self, outcome: Outcome, parent: Outcome | None) -> None:
+        """Note each error; retry it, keep it (errors="return") or raise it.
+        ``parent``: the outcome whose hole ``outcome`` (a retry) fills."""
         position = bisect.bisect_right(self.starts, outcome.start) - 1
         chunk_start = self.starts[position]
         items, unanswered = self.chunks[chunk_start]
@@ -294,7 +298,9 @@ class _Flow:
             if self.run._retryable(exc, self.attempts.get(index, 0)):
                 self.attempts[index] = self.attempts.get(index, 0) + 1
                 outcome.values[slot] = _HOLE
-                if len(outcome.values) > 1 or outcome.start not in self.holes:
+                if parent is not None:
+                    self.holes[index] = parent  # still missing from the same parent
+                else:
                     outcome.missing += 1
                     self.holes[index] = outcome
                 self._submit(Chunk(self.run.job, index, [item]))

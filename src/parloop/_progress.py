@@ -1,9 +1,9 @@
 """``progress=``: an item-accurate bar, a plain counter, or your callback.
 
-* ``progress=True`` with tqdm installed (``pip install 'parloop[progress]'``):
-  a tqdm bar counted in items, never in chunks, with the total when known.
-* ``progress=True`` without tqdm: one self-overwriting line on stderr when
-  stderr is a terminal; when it is a file or a CI log, a single summary line
+* ``progress=True`` on a terminal, with tqdm installed (``pip install
+  'parloop[progress]'``): a tqdm bar counted in items, never in chunks, with
+  the total when known; without tqdm, one self-overwriting stderr line.
+* ``progress=True`` when stderr is a file or a CI log: a single summary line
   at the end, so logs never fill with carriage-return spam.
 * ``progress=callable``: ``callable(done, total)`` after every batch of
   results (``total`` is None for an input of unknown length).
@@ -101,6 +101,8 @@ def make_progress(option: bool | Callable[[int, int | None], None], total: int |
         return None
     if callable(option) and not isinstance(option, bool):
         return _Callback(total, label, option)
+    if not sys.stderr.isatty():
+        return _Counter(total, label)  # a log: one summary line, no redraws
     try:
         from tqdm.auto import tqdm
     except ImportError:
