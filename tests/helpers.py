@@ -189,3 +189,9 @@ def die_quietly_on(x: int, bad: int = 2, how: str = "exit") -> int:
     import faulthandler
     faulthandler.disable()
     return die_on(x, bad, how)
+
+
+def mark_then_sleep_pair(pair: tuple[int, float], directory: str) -> int:
+    """``(name, seconds)``: leave a file called ``name``, sleep, return ``name``."""
+    name, delay = pair
+    return mark_then_sleep(name, directory, delay)

@@ -23,17 +23,20 @@ import pytest
 from helpers import (
     NoPickle,
     Unpicklable,
+    big_bytes,
+    big_or_die,
     die_on,
     die_once,
+    die_quietly_on,
     fail_once,
+    identity,
+    length,
+    make_result,
+    mark_then_sleep,
+    mark_then_sleep_pair,
     nested_explicit,
     nested_outer,
     parent_pid,
-    square,
-    die_quietly_on,
-    identity,
-    make_result,
-    mark_then_sleep,
     pid_after,
     raise_base,
     sleep_then,
@@ -332,13 +335,6 @@ def _breaks_after(count: int) -> Iterator[int]:
     raise OSError("the input broke")
 
 
-# The engine drops the items read in the same chunk as the input's error
-# (parloop._dispatch._Flow.fill); the fix is in issue 4's report. Strict:
-# once fixed this XPASSes and fails, so the marker goes.
-NEEDS_DISPATCH_FIX = pytest.mark.xfail(strict=True, reason="needs the _dispatch fix of issue 4")
-
-
-@NEEDS_DISPATCH_FIX
 @pytest.mark.timeout(60)
 def test_an_input_that_raises_midway_raises_after_the_items_before_it(tmp_path: Path) -> None:
     marks = tmp_path / "list"
@@ -357,13 +353,14 @@ def test_an_input_that_raises_midway_raises_after_the_items_before_it(tmp_path: 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["break", "close", "collected"])
 def test_a_consumer_that_stops_early_cancels_the_rest(how: str, tmp_path: Path) -> None:
+    items = [(0, 0.0)] + [(i, 5.0) for i in range(1, 40)]  # the first result comes at once
     with process_pool("forkserver") as pool:
-        slow = parallel_for(mark_then_sleep, chunksize=1)
+        slow = parallel_for(mark_then_sleep_pair, chunksize=1)
         if how == "break":
-            for _ in slow.iter(range(40), str(tmp_path), 5.0):
+            for _ in slow.iter(items, str(tmp_path)):
                 break  # the loop held the only reference: the iterator is collected here
         else:
-            results = slow.iter(range(40), str(tmp_path), 5.0)
+            results = slow.iter(items, str(tmp_path))
             next(results)
             if how == "close":
                 results.close()
@@ -372,10 +369,40 @@ def test_a_consumer_that_stops_early_cancels_the_rest(how: str, tmp_path: Path) 
         began = time.monotonic()
         assert pool.map(square, range(6)) == [x * x for x in range(6)]
         took = time.monotonic() - began
-        # Both workers were 5 s into cancelled items: they are replaced.
+        # Both workers were 5 s into cancelled items: they were replaced.
         assert took < 3, f"the next call waited {took:.1f} s"  # 1 s promised; 3 s under load
         started = len(list(tmp_path.iterdir()))
         assert started <= 6, f"{started} of 40 items started"
+
+
+# -- hundreds of megabytes ---------------------------------------------------------------
+
+BIG = 100 * 2**20
+
+
+@pytest.mark.timeout(90)
+def test_big_arguments_and_results_cross_both_ways_at_once() -> None:
+    with process_pool("fork", chunksize=1) as pool:
+        assert pool.map(length, [big_bytes(BIG)]) == [BIG]
+        # Items go out while results come back: neither side may block the other.
+        for index, result in enumerate(pool.iter(identity, (bytes([i]) * BIG for i in range(4)))):
+            assert len(result) == BIG and result[:1] == result[-1:] == bytes([index])
+            del result
+
+
+@pytest.mark.timeout(90)
+def test_crash_and_cancel_with_big_data_in_flight() -> None:
+    with process_pool("fork", chunksize=1) as pool:
+        results = parallel_for(big_or_die, errors="return")(range(4), BIG, 1)
+        assert isinstance(results[1], WorkerCrashedError)
+        assert [len(r) for i, r in enumerate(results) if i != 1] == [BIG] * 3
+        del results
+        for _ in pool.iter(big_or_die, range(6), BIG):
+            break  # cancelled with big results still on their way
+        began = time.monotonic()
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        assert time.monotonic() - began < 5
+        assert_full_strength()
 
 
 # -- where processes come from ------------------------------------------------------------
@@ -419,9 +446,6 @@ def test_a_caller_with_threads_gets_forkserver_and_no_fork_warning() -> None:
 # -- retries= --------------------------------------------------------------------------
 
 
-# A retried item whose chunk held only it never comes out (parloop._dispatch
-# _Flow.receive); the fix is in issue 4's report.
-@NEEDS_DISPATCH_FIX
 @pytest.mark.timeout(60)
 def test_retries_rerun_failed_and_crashed_items(tmp_path: Path) -> None:
     first, second, third, fourth = (tmp_path / name for name in "abcd")
@@ -436,3 +460,19 @@ def test_retries_rerun_failed_and_crashed_items(tmp_path: Path) -> None:
         assert parallel_for(die_once, retries=1)(range(8), str(third)) == list(range(8))
         with pytest.raises(WorkerCrashedError):
             parallel_for(die_once)(range(8), str(fourth))
+
+
+# -- thousands of calls ------------------------------------------------------------------
+
+
+# Fork calls are cheap, so a thousand; every hundred calls start two or three
+# cold pools, ~0.1 s each under forkserver, so fewer there. forkserver stands
+# for spawn too (both go through the resource tracker; a spawn pool costs ~1 s).
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(("method", "calls"), [("fork", 1000), ("forkserver", 300)])
+def test_many_calls_leak_nothing(method: str, calls: int) -> None:
+    result = subprocess.run([sys.executable, str(SCRIPTS / "many_calls.py"), method, str(calls)],
+                            capture_output=True, text=True, timeout=80)
+    assert result.returncode == 0 and not result.stderr, result.stderr  # no resource_tracker warnings
+    facts = json.loads(result.stdout)
+    assert facts["after"] == facts["before"]

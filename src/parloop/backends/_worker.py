@@ -35,6 +35,7 @@ from .._options import block_var
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
 PROTOCOL = 5
+LARGE = 1 << 20  # bytes: a pickled value this big travels as a frame of its own
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -46,6 +47,28 @@ def dump_value(value: Any) -> bytes:
         return pickle.dumps(value, PROTOCOL)
     except Exception:
         return cloudpickle.dumps(value, PROTOCOL)  # type: ignore[no-any-return]
+
+
+def frame(blob: bytes) -> bytes | pickle.PickleBuffer:
+    """A big pickled value travels as a frame of its own beside its message,
+    not copied into it: two fewer copies of a 200 MB argument or result."""
+    return pickle.PickleBuffer(blob) if len(blob) > LARGE else blob
+
+
+def send(conn: Any, message: tuple[Any, ...]) -> None:
+    """Send ``message``; the values it holds wrapped by ``frame`` follow it raw."""
+    frames: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(message, PROTOCOL, buffer_callback=frames.append)
+    conn.send_bytes(len(frames).to_bytes(4, "little") + body)
+    for buffer in frames:
+        conn.send_bytes(buffer.raw())
+
+
+def receive(conn: Any) -> Any:
+    """One message sent by ``send``, its frames back in place (as bytes)."""
+    data = conn.recv_bytes()
+    frames = [conn.recv_bytes() for _ in range(int.from_bytes(data[:4], "little"))]
+    return pickle.loads(memoryview(data)[4:], buffers=frames)
 
 
 def capture(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -82,7 +105,7 @@ IDLE = 0.0
 def _receive(conn: Any, inbox: queue.SimpleQueue[Any], cancelled: set[int]) -> None:
     while True:
         try:
-            message = pickle.loads(conn.recv_bytes())
+            message = receive(conn)
         except (EOFError, OSError):
             os._exit(0)  # the caller is gone: never outlive it
         if message[0] == "cancel":
@@ -101,7 +124,7 @@ class _Runner:
         self.jobs: dict[int, Any] = {}
 
     def send(self, message: tuple[Any, ...]) -> None:
-        self.conn.send_bytes(pickle.dumps(message, PROTOCOL))
+        send(self.conn, message)
 
     def mark(self, phase: float, index: int, job_id: int) -> None:
         # The phase last: a reader that sees it sees the index and job too.
@@ -132,7 +155,7 @@ class _Runner:
     def _run(self, job_id: int, start: int, count: int, blob: bytes | None,
              split: list[Any] | None) -> None:
         flush_start = start
-        values: list[bytes | None] = []
+        values: list[bytes | pickle.PickleBuffer | None] = []
         errors: dict[int, tuple[bytes | None, str, str, str]] = {}
         self.mark(PREPARING, start, job_id)
         try:
@@ -174,7 +197,7 @@ class _Runner:
             try:
                 result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
                 try:
-                    values.append(dump_value(result))
+                    values.append(frame(dump_value(result)))
                 except BaseException as exc:
                     values.append(None)
                     errors[len(values) - 1] = capture(
