@@ -149,9 +149,11 @@ def test_the_event_loop_keeps_running_during_a_slow_map(backend: dict[str, Any])
     results, ticks = run(main)
     assert results == [0.25] * 6
     gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
-    # 6 x 0.25 s of sleeping: >= 0.75 s on 2 workers, 1.5 s serially.
+    # 6 x 0.25 s of sleeping: >= 0.75 s on 2 workers, 1.5 s serially. A loop
+    # blocked by the map would not tick at all for that long; allow a loaded
+    # machine's scheduling hiccups.
     assert len(ticks) > 30, f"only {len(ticks)} ticks"
-    assert max(gaps) < 0.25, f"the loop stalled for {max(gaps):.2f} s"
+    assert max(gaps) < 0.5, f"the loop stalled for {max(gaps):.2f} s"
 
 
 @pytest.mark.timeout(60)
@@ -171,8 +173,8 @@ def test_cancelling_the_task_cancels_pending_items(backend: dict[str, Any], tmp_
                                                    request: pytest.FixtureRequest) -> None:
     if backend["backend"] == "serial":
         request.applymarker(pytest.mark.xfail(
-            strict=True, reason="serial batches hold 1024 items, so the driver thread "
-                                "only sees the cancel after all 100 items have run"))
+            strict=True, reason="aiter() runs serial work in 1024-item batches (eager_errors="
+                                "True), so its driver sees the cancel only after 100 items"))
     log = tmp_path / "started"
     fn = parallel_for(start_then_sleep, chunksize=1, **{**backend, "workers": 2})
 
@@ -214,7 +216,6 @@ def _wait_for_drivers(seconds: float) -> None:
 
 
 @pytest.mark.timeout(30)
-@pytest.mark.xfail(strict=True, reason="_api.run_async posts to the loop after it closed")
 def test_the_loop_may_close_while_the_driver_thread_runs() -> None:
     # asyncio.run() cancels what is left and closes its loop; a map still
     # running in the driver thread must then wind down quietly.
