@@ -1,0 +1,328 @@
+"""backend="dask" and backend="ray" on real engines: a LocalCluster of two
+worker processes and a local Ray with two CPUs, each started once for the
+module. An engine that is not installed skips its half of the module.
+
+The conftest census (no child process, thread or fd left behind) cannot hold
+here: the clusters' processes and the engines' helper threads live for the
+whole module by design, and ``no_census`` would still make every test wait 5
+seconds for them to go. This module replaces it with the leak check that
+matters on a cluster: after each test parloop has no task left running or
+queued there, and holds no data on it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import add, die_on, fail_on, raise_base, sleep_then, square
+
+from parloop import TaskTimeoutError, UnpicklableError, WorkerCrashedError, _scope, parallel_for
+from parloop.errors import RemoteTraceback
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Engine:
+    name: str
+    handle: Any  # the distributed.Client, or the ray module
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"backend": self.name, "workers": 2}
+
+    def busy(self) -> str:
+        """What parloop still has on the cluster ('' when nothing)."""
+        if self.name == "dask":
+            running = [key for keys in self.handle.processing().values() for key in keys]
+            held = [key for key in self.handle.futures
+                    if str(key).startswith(("run_chunk_remote-", "_job_spec-", "bytes-"))]
+            return f"running {running}, held {held}" if running or held else ""
+        free = self.handle.available_resources().get("CPU", 0)
+        return "" if free == 2 else f"only {free} of 2 CPUs free"
+
+
+_engines: dict[str, Engine] = {}
+
+
+def _start_dask() -> Engine:
+    distributed = pytest.importorskip("distributed")
+    # allowed_failures=0, as in the LocalCluster parloop starts itself: under
+    # Dask's default (3) an item that kills its worker kills four per attempt.
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=logging.ERROR,
+                                       scheduler_kwargs={"allowed_failures": 0})
+    return Engine("dask", distributed.Client(cluster))
+
+
+@pytest.fixture(scope="module", params=["dask", "ray"])
+def engine(request: pytest.FixtureRequest) -> Iterator[Engine]:
+    if request.param == "dask":
+        started = _start_dask()
+        client = started.handle
+        _engines["dask"] = started
+        yield started
+        del _engines["dask"]
+        cluster = client.cluster
+        client.close()
+        cluster.close()
+    else:
+        ray = pytest.importorskip("ray")
+        # Ray workers import by name what parloop sends by reference (helpers.py);
+        # they see the driver's script directory and cwd, not pytest's sys.path.
+        path = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        _engines["ray"] = Engine("ray", ray)
+        yield _engines["ray"]
+        del _engines["ray"]
+        ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def census() -> Iterator[None]:
+    """Overrides conftest's census for this module; see the module docstring."""
+    _scope.warm_pools.close_all()
+    yield
+    _scope.warm_pools.close_all()
+    for engine in _engines.values():
+        deadline = time.monotonic() + 15
+        while engine.busy() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not engine.busy(), f"parloop left work on {engine.name}: {engine.busy()}"
+
+
+# -- without a cluster ---------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_import_parloop_imports_no_engine() -> None:
+    code = ("import sys, parloop; from parloop.backends import dask, ray; "
+            "print(sorted(m for m in ('distributed', 'dask', 'ray') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=50, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(150)
+def test_example_runs_on_every_installed_engine() -> None:
+    # Runs first, before the module's clusters start: it starts its own.
+    done = subprocess.run([sys.executable, "-W", "error", str(ROOT / "examples" / "cluster.py"),
+                           "--items", "8"], capture_output=True, text=True, timeout=140)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("process  pi ≈ ") for line in lines), done.stdout
+    for name, package in (("dask", "distributed"), ("ray", "ray")):
+        ran = any(line.startswith(f"{name:<8} pi ≈ ") for line in lines)
+        skipped = any(line.startswith(f"{name:<8} skipped: ") for line in lines)
+        assert ran != skipped, done.stdout
+        assert ran == _installed(package), done.stdout
+    assert lines[-1].startswith("same estimates from process"), done.stdout
+
+
+def _installed(package: str) -> bool:
+    import importlib.util
+    return importlib.util.find_spec(package) is not None
+
+
+# -- the contract, on each engine ----------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_results_in_input_order_or_as_they_finish(engine: Engine) -> None:
+    assert parallel_for(square, **engine.options)(range(200)) == [x * x for x in range(200)]
+    nap = parallel_for(sleep_then, ordered=False, chunksize=1, **engine.options)
+    nap([0.5, 0.5])  # both workers up: Ray starts its worker processes on demand
+    delays = [1.0 if i == 0 else 0.01 for i in range(8)]
+    unordered = nap(delays)
+    assert sorted(unordered) == sorted(delays)
+    assert unordered[0] != 1.0  # the slow first item was overtaken
+    plan = parallel_for(square, **engine.options)
+    plan(range(10))
+    assert plan.last_plan is not None and plan.last_plan.backend == engine.name
+
+
+@pytest.mark.timeout(60)
+def test_error_keeps_its_type_a_note_and_the_remote_traceback(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="item 3 is bad") as info:
+        parallel_for(fail_on, **engine.options)(range(10))
+    error = info.value
+    assert any("item #3" in note for note in error.__notes__)
+    assert isinstance(error.__cause__, RemoteTraceback)
+    assert "fail_on" in str(error.__cause__)  # the worker's own traceback
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["SystemExit", "KeyboardInterrupt"])
+def test_system_exit_or_keyboard_interrupt_in_an_item_is_an_ordinary_error(
+        engine: Engine, kind: str) -> None:
+    expected = SystemExit if kind == "SystemExit" else KeyboardInterrupt
+    with pytest.raises(expected) as info:
+        parallel_for(raise_base, chunksize=3, **engine.options)(range(6), kind)
+    assert any("item #1" in note for note in info.value.__notes__)
+    got = parallel_for(raise_base, errors="return", chunksize=3, **engine.options)(range(6), kind)
+    assert isinstance(got[1], expected)
+    assert got[:1] + got[2:] == [0, 2, 3, 4, 5]
+
+
+@pytest.mark.timeout(60)
+def test_errors_return_keeps_every_other_result(engine: Engine) -> None:
+    got = parallel_for(fail_on, errors="return", chunksize=4, **engine.options)(range(10), 5)
+    assert isinstance(got[5], ValueError)
+    assert isinstance(got[5].__cause__, RemoteTraceback)
+    assert got[:5] + got[6:] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+
+
+@pytest.mark.timeout(60)
+def test_iter_reads_an_endless_input_lazily_and_break_stops_it(engine: Engine) -> None:
+    read: list[int] = []
+
+    def endless() -> Iterator[float]:
+        for i in itertools.count():
+            read.append(i)
+            yield 0.002
+
+    got = []
+    for value in parallel_for(sleep_then, **engine.options).iter(endless()):
+        got.append(value)
+        if len(got) == 40:
+            break
+    seen = len(read)
+    assert got == [0.002] * 40
+    assert seen < 400, f"read {seen} items ahead for 40 results"
+    time.sleep(0.3)
+    assert len(read) == seen  # nothing is read after the break
+
+
+@pytest.mark.timeout(60)
+def test_extra_arguments_reach_every_item(engine: Engine) -> None:
+    adder = parallel_for(add, chunksize=3, **engine.options)
+    assert adder(range(10), 10, z=100) == [110 + x for x in range(10)]
+    power = parallel_for(pow, star=True, **engine.options)
+    assert power([(2, 3), (3, 2), (10, 0)]) == [8, 9, 1]
+
+
+@pytest.mark.timeout(60)
+def test_extra_arguments_are_unpickled_once_per_worker(engine: Engine, tmp_path: Path) -> None:
+    log = tmp_path / "loads"
+    got = parallel_for(_size, chunksize=1, **engine.options)(range(30), Counted(str(log)))
+    assert got == [3] * 30
+    loads = log.read_text().split()
+    assert len(loads) == len(set(loads)) <= 2 + 2, f"30 tasks unpickled it {len(loads)} times"
+
+
+class Counted:
+    """An argument that notes each process that unpickles it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self) -> Any:
+        return (_load_counted, (self.path,))
+
+    def __len__(self) -> int:
+        return 3
+
+
+def _load_counted(path: str) -> Counted:
+    with open(path, "a") as log:
+        log.write(f"{os.getpid()}\n")
+    return Counted(path)
+
+
+def _size(_: int, thing: Counted) -> int:
+    return len(thing)
+
+
+@pytest.mark.timeout(60)
+def test_lambdas_and_closures(engine: Engine) -> None:
+    offset = 7
+
+    def shifted(x: int) -> int:
+        return x + offset
+
+    assert parallel_for(lambda x: x * 3, **engine.options)(range(5)) == [0, 3, 6, 9, 12]
+    assert parallel_for(shifted, **engine.options)(range(3)) == [7, 8, 9]
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_function_names_the_culprit(engine: Engine) -> None:
+    import threading
+    lock = threading.Lock()
+
+    def uses_lock(x: int) -> int:
+        with lock:
+            return x
+
+    with pytest.raises(UnpicklableError, match="lock"):
+        parallel_for(uses_lock, **engine.options)(range(3))
+
+
+@pytest.mark.timeout(60)
+def test_a_block_reuses_one_backend_for_every_call(engine: Engine) -> None:
+    cube = parallel_for(lambda x: x ** 3)
+    with parallel_for(**engine.options) as pool:
+        assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        assert cube(range(5)) == [0, 1, 8, 27, 64]
+        assert list(pool.iter(square, range(4))) == [0, 1, 4, 9]
+        assert cube.last_plan is not None and cube.last_plan.backend == engine.name
+
+
+@pytest.mark.timeout(120)
+def test_a_lost_worker_is_a_worker_crashed_error(engine: Engine) -> None:
+    with pytest.raises(WorkerCrashedError) as info:
+        parallel_for(die_on, chunksize=1, **engine.options)(range(6), 2)
+    assert info.value.indices == (2,)
+    assert any("item #2" in note for note in info.value.__notes__)
+    # In a chunk of several items only the one that kills its worker fails.
+    got = parallel_for(die_on, chunksize=3, errors="return", **engine.options)(range(6), 4)
+    assert isinstance(got[4], WorkerCrashedError)
+    assert got[:4] + got[5:] == [0, 1, 2, 3, 5]
+    # The cluster still works.
+    assert parallel_for(square, **engine.options)(range(5)) == [0, 1, 4, 9, 16]
+
+
+@pytest.mark.timeout(120)
+def test_timeout_fails_the_slow_item_and_frees_its_worker(engine: Engine) -> None:
+    slow = parallel_for(sleep_then, timeout=1.0, chunksize=1, errors="return", **engine.options)
+    started = time.monotonic()
+    got = slow([0.01, 60.0, 0.01, 0.01])
+    assert time.monotonic() - started < 30
+    assert isinstance(got[1], TaskTimeoutError)
+    assert "item #1" in str(got[1])
+    assert [got[0], *got[2:]] == [0.01, 0.01, 0.01]
+
+
+# -- Dask's ways in ------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(60)
+def test_dask_client_and_address_options(engine: Engine) -> None:
+    if engine.name != "dask":
+        pytest.skip("a Dask option")
+    client = engine.handle
+    assert parallel_for(square, client=client, **engine.options)(range(5)) == [0, 1, 4, 9, 16]
+    before = _clients(client)
+    with parallel_for(address=client.scheduler.address, **engine.options) as pool:
+        assert pool.map(square, range(5)) == [0, 1, 4, 9, 16]
+        assert pool.map(square, range(3)) == [0, 1, 4]
+        assert _clients(client) == before + 1  # one connection, reused by both calls
+    deadline = time.monotonic() + 10
+    while _clients(client) != before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _clients(client) == before  # closed with the block
+
+
+def _clients(client: Any) -> int:
+    return len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
