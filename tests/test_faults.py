@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from helpers import (
+    ExitOnUnpickle,
     NoPickle,
     Unpicklable,
     big_bytes,
@@ -152,6 +153,11 @@ def test_a_dead_worker_is_reported_and_replaced(method: str) -> None:
         results = parallel_for(die_on, errors="return")(range(300), 250, "kill")
         assert isinstance(results[250], WorkerCrashedError)
         assert results[:250] + results[251:] == [x for x in range(300) if x != 250]
+        # A worker that dies unpickling its items: they are sent again one by
+        # one, so the next death names the culprit.
+        results = parallel_for(identity, errors="return")([0, ExitOnUnpickle(), 2, 3])
+        assert [results[0], *results[2:]] == [0, 2, 3]
+        assert isinstance(results[1], WorkerCrashedError) and results[1].indices == (1,)
         assert_full_strength()
 
 
