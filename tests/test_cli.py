@@ -121,3 +121,13 @@ def test_no_command_or_a_wrong_one_exits_2() -> None:
     wrong = _run("infoo")
     assert wrong.returncode == 2
     assert "invalid choice" in wrong.stderr
+
+
+@pytest.mark.timeout(60)
+def test_bench_finds_the_source_checkout_s_suite_from_anywhere(tmp_path: Path) -> None:
+    suite = Path(_cli.__file__).resolve().parents[2] / "benchmarks" / "__main__.py"
+    if not suite.is_file():
+        pytest.skip("no benchmarks/ in this checkout")
+    done = _run("bench", "--help", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("usage: python -m benchmarks")
