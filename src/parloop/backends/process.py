@@ -25,28 +25,25 @@ in the caller's wait.
 A worker leaves when its pipe reaches EOF, that is when the caller is gone,
 even by SIGKILL. Under fork every child inherits a copy of the caller's pipe
 ends, so an at-fork hook closes those copies in each child; otherwise a
-worker would keep its own pipe open and outlive a killed caller.
+worker would keep its own pipe open and outlive a killed caller (see
+``_children``, which starts and stops the worker processes).
 """
 
 from __future__ import annotations
 
-import atexit
 import multiprocessing
 import os
 import pickle
-import signal
 import sys
 import time
-import weakref
-from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
 from .. import _cpu, _pickling
 from .._options import Options
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from . import _worker
+from . import _children, _worker
+from ._children import Sent, Worker
 from ._results import crash_outcome, decode_done
 from .base import Backend, Chunk, Job, Outcome
 
@@ -77,49 +74,6 @@ def default_start_method() -> str:
     return "fork" if _thread_count() == 1 else "forkserver"
 
 
-@dataclass(eq=False)
-class _Sent:
-    chunk: Chunk
-    next_index: int  # items before this one have been reported
-    split: bool  # items pickled one by one (the worker unpickles each just before running it)
-    cancelled_at: float | None = None
-
-    @property
-    def end(self) -> int:
-        return self.chunk.start + len(self.chunk.items)
-
-
-@dataclass(eq=False)
-class _Worker:
-    process: Any
-    pid: int
-    conn: Any
-    status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker.Status
-    ready: bool = False
-    jobs: set[int] = field(default_factory=set)
-    inflight: deque[_Sent] = field(default_factory=deque)
-
-    @property
-    def name(self) -> str:
-        return f"pid {self.pid}"
-
-    def holding(self) -> tuple[_Sent, int, float] | None:
-        """(chunk, index, phase) of the item the worker is at, if it is one
-        it holds unreported: running (phase > 0, its start time), being
-        unpickled (phase < 0), or done but its result not yet sent (phase 0)."""
-        phase, index, job_id = self.status[:]
-        index = int(index)
-        for sent in self.inflight:
-            if sent.chunk.job.id == job_id and sent.next_index <= index < sent.end:
-                return sent, index, phase
-        return None
-
-
-# Pipe ends and pools of this process, for the exit and at-fork hooks.
-_caller_ends: weakref.WeakSet[Any] = weakref.WeakSet()
-_live: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
-
-
 class ProcessBackend(Backend):
     name = "process"
 
@@ -131,57 +85,25 @@ class ProcessBackend(Backend):
         self._startup_failures = 0
         self._broken: str | None = None
         self._outcomes: list[Outcome] = []
-        self._pool: list[_Worker] = []
+        self._pool: list[Worker] = []
         self._inherited = False
-        _live.add(self)
+        _children.live_pools.add(self)
         self._pool = [self._spawn() for _ in range(workers)]
 
     # -- workers ---------------------------------------------------------------
 
-    def _spawn(self) -> _Worker:
+    def _spawn(self) -> Worker:
         # Re-decided per worker: a replacement forked into a caller that has
         # started threads since would risk a deadlock.
-        # Any: typeshed's BaseContext lacks the Process class each real context has.
-        context: Any = multiprocessing.get_context(self._explicit_method or default_start_method())
-        if context.get_start_method() == "forkserver":
-            _preload_in_forkserver()
-        ours, theirs = context.Pipe(duplex=True)
-        _caller_ends.add(ours)
-        status = context.RawArray("d", 3)
-        process = context.Process(target=_worker.main, name="parloop-worker",
-                                  args=(theirs, status, self._threads, IDLE_TIMEOUT))
-        # A Ctrl-C that reaches a worker before it ignores SIGINT would print
-        # a traceback of its own: the child starts with SIGINT blocked (the
-        # mask survives fork and exec) and unblocks it once it ignores it.
-        # Here it is only deferred, never lost.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            process.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            theirs.close()
-        return _Worker(process, process.pid, ours, status)
+        method = self._explicit_method or default_start_method()
+        return _children.start(multiprocessing.get_context(method), self._threads, IDLE_TIMEOUT)
 
-    def _send(self, worker: _Worker, message: tuple[Any, ...]) -> bool:
+    def _send(self, worker: Worker, message: tuple[Any, ...]) -> bool:
         try:
             _worker.send(worker.conn, message)
             return True
         except OSError:  # it died; its sentinel tells the rest
             return False
-
-    def _stop(self, workers: list[_Worker]) -> None:
-        """End ``workers`` now (SIGTERM, then SIGKILL) and release them."""
-        for worker in workers:
-            if worker.process.is_alive():
-                worker.process.terminate()
-        deadline = time.monotonic() + 0.5
-        for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                worker.process.kill()
-            worker.process.join(5)
-            worker.conn.close()
-            worker.process.close()
 
     # -- the Backend interface -------------------------------------------------
 
@@ -197,7 +119,7 @@ class ProcessBackend(Backend):
             worker = min(self._pool, key=lambda w: (len(w.inflight), not w.ready))
             self._assign(worker, chunk)
 
-    def _assign(self, worker: _Worker, chunk: Chunk, split: bool = False) -> None:
+    def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
         if job.payload is None:
             job.payload = _pickling.dumps((job.fn, job.args, job.kwargs, job.star,
@@ -215,7 +137,7 @@ class ProcessBackend(Backend):
         if split:
             message = ("split", job.id, chunk.start, count,
                        [_pickled_item(chunk.start + i, x) for i, x in enumerate(chunk.items)])
-        worker.inflight.append(_Sent(chunk, chunk.start, split))
+        worker.inflight.append(Sent(chunk, chunk.start, split))
         self._send(worker, message)
 
     def cancel(self, job: Job) -> None:
@@ -242,14 +164,14 @@ class ProcessBackend(Backend):
         or abandoned, since nobody waits for it any more) are killed."""
         with self._lock:
             pool, self._pool = self._pool, []
-            _live.discard(self)
+            _children.live_pools.discard(self)
             idle = [] if kill else [w for w in pool if not w.inflight]
             for worker in idle:
                 self._send(worker, ("stop",))
             deadline = time.monotonic() + STOP_GRACE
             for worker in idle:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
-            self._stop(pool)
+            _children.stop(pool)
 
     # -- collecting ----------------------------------------------------------------
 
@@ -269,14 +191,14 @@ class ProcessBackend(Backend):
         ready, self._outcomes = self._outcomes, []
         return ready
 
-    def _drain(self, worker: _Worker) -> None:
+    def _drain(self, worker: Worker) -> None:
         try:
             while worker.conn.poll():
                 self._handle(worker, _worker.receive(worker.conn))
         except (EOFError, OSError):
             pass
 
-    def _handle(self, worker: _Worker, message: tuple[Any, ...]) -> None:
+    def _handle(self, worker: Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == "ready":
             worker.ready = True
@@ -300,11 +222,11 @@ class ProcessBackend(Backend):
 
     # -- faults ----------------------------------------------------------------------
 
-    def _replace(self, worker: _Worker, cause: BaseException | None = None) -> None:
+    def _replace(self, worker: Worker, cause: BaseException | None = None) -> None:
         """``worker`` is dead or must die: fail the item it was at, send the
         rest of what it held to the others, start another worker."""
         code = worker.process.exitcode if cause is None else None
-        self._stop([worker])
+        _children.stop([worker])
         self._pool[self._pool.index(worker)] = self._spawn()
         if not worker.ready:
             self._startup_failures += 1
@@ -323,7 +245,7 @@ class ProcessBackend(Backend):
             chunk, split = sent.chunk, sent.split or at is None
             if at is not None and at[0] is sent:
                 index = at[1]
-                error = cause or WorkerCrashedError(_crash_message(worker, code, index, chunk),
+                error = cause or WorkerCrashedError(_children.crash_message(worker, code, index, chunk),
                                                     pid=worker.pid, exitcode=code, indices=(index,))
                 self._outcomes.append(crash_outcome(chunk, index, error, index + 1))
                 # Results it had finished but not sent died with it: run those again.
@@ -378,7 +300,7 @@ class ProcessBackend(Backend):
                     f"item #{index} ({short_repr(item)}) ran longer than timeout={timeout:g} s; "
                     f"its worker (pid {worker.pid}) was killed and replaced"))
 
-    def _disown(self) -> None:
+    def disown(self) -> None:
         """In a forked child: these workers are the parent's. Drop them
         without a word to them; a call made here starts a pool of its own."""
         self._pool, self._outcomes, self._inherited = [], [], True
@@ -390,47 +312,6 @@ def _pickled_item(index: int, item: Any) -> tuple[str, bytes | pickle.PickleBuff
     except Exception:
         error = _pickling.explain_item(index, item)
         return ("failed", _worker.dump_value(error))
-
-
-def _crash_message(worker: _Worker, code: int | None, index: int, chunk: Chunk) -> str:
-    how = f"exit code {code}"
-    if code is not None and code < 0:
-        try:
-            how = f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            how = f"signal {-code}"
-    item = chunk.items[index - chunk.start]
-    return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
-            f"({short_repr(item)}). A new worker has replaced it")
-
-
-def _preload_in_forkserver() -> None:
-    """Have the fork server import parloop once, before it starts, rather than
-    every worker it forks (about 0.3 s each on a slow machine)."""
-    from multiprocessing import forkserver
-
-    modules = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    if __name__ not in modules:
-        forkserver.set_forkserver_preload([*modules, __name__])
-
-
-def _close_inherited_ends() -> None:
-    for conn in list(_caller_ends):
-        conn.close()
-    for backend in list(_live):
-        backend._disown()
-
-
-def _close_live_pools() -> None:
-    # Runs before multiprocessing's own exit hook (registered earlier), which
-    # would otherwise wait forever for workers of a pool still leased, say by
-    # an f.iter generator abandoned at Ctrl-C.
-    for backend in list(_live):
-        backend.close()
-
-
-os.register_at_fork(after_in_child=_close_inherited_ends)
-atexit.register(_close_live_pools)
 
 
 def create(workers: int, options: Options) -> ProcessBackend:

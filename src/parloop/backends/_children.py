@@ -1,0 +1,153 @@
+"""The caller's side of the worker processes: starting one, stopping some,
+what each holds, and the process-wide hooks that keep workers from outliving
+their caller or leaking into a forked child. ``process.py`` drives them."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import time
+import weakref
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..errors import short_repr
+from . import _worker
+from .base import Chunk
+
+__all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop"]
+
+
+@dataclass(eq=False)
+class Sent:
+    """A chunk sent to a worker and not yet fully reported."""
+
+    chunk: Chunk
+    next_index: int  # items before this one have been reported
+    split: bool  # items pickled one by one (the worker unpickles each just before running it)
+    cancelled_at: float | None = None
+
+    @property
+    def end(self) -> int:
+        return self.chunk.start + len(self.chunk.items)
+
+
+@dataclass(eq=False)
+class Worker:
+    """One worker process, its pipe, and what it holds."""
+
+    process: Any
+    pid: int
+    conn: Any
+    status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker
+    ready: bool = False
+    jobs: set[int] = field(default_factory=set)
+    inflight: deque[Sent] = field(default_factory=deque)
+
+    @property
+    def name(self) -> str:
+        return f"pid {self.pid}"
+
+    def holding(self) -> tuple[Sent, int, float] | None:
+        """(chunk, index, phase) of the item the worker is at, if it is one
+        it holds unreported: running (phase > 0, its start time), being
+        unpickled (phase < 0), or done but its result not yet sent (phase 0)."""
+        phase, index, job_id = self.status[:]
+        index = int(index)
+        for sent in self.inflight:
+            if sent.chunk.job.id == job_id and sent.next_index <= index < sent.end:
+                return sent, index, phase
+        return None
+
+
+def start(context: Any, threads: int, idle_timeout: float) -> Worker:
+    """A new worker process started by ``context`` (a multiprocessing context)."""
+    if context.get_start_method() == "forkserver":
+        _preload_in_forkserver()
+    ours, theirs = context.Pipe(duplex=True)
+    _caller_ends.add(ours)
+    status = context.RawArray("d", 3)
+    process = context.Process(target=_worker.main, name="parloop-worker",
+                              args=(theirs, status, threads, idle_timeout))
+    # A Ctrl-C that reaches a worker before it ignores SIGINT would print
+    # a traceback of its own: the child starts with SIGINT blocked (the
+    # mask survives fork and exec) and unblocks it once it ignores it.
+    # Here it is only deferred, never lost.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        process.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        theirs.close()
+    return Worker(process, process.pid, ours, status)
+
+
+def stop(workers: list[Worker]) -> None:
+    """End ``workers`` now (SIGTERM, then SIGKILL) and release them."""
+    for worker in workers:
+        if worker.process.is_alive():
+            worker.process.terminate()
+    deadline = time.monotonic() + 0.5
+    for worker in workers:
+        worker.process.join(max(0.0, deadline - time.monotonic()))
+        if worker.process.is_alive():
+            worker.process.kill()
+        worker.process.join(5)
+        worker.conn.close()
+        worker.process.close()
+
+
+def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) -> str:
+    how = f"exit code {code}"
+    if code is not None and code < 0:
+        try:
+            how = f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            how = f"signal {-code}"
+    item = chunk.items[index - chunk.start]
+    return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
+            f"({short_repr(item)}). A new worker has replaced it")
+
+
+def _preload_in_forkserver() -> None:
+    """Have the fork server import parloop once, before it starts, rather than
+    every worker it forks (about 0.3 s each on a slow machine)."""
+    from multiprocessing import forkserver
+
+    modules = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
+    if _worker.__name__ not in modules:
+        forkserver.set_forkserver_preload([*modules, _worker.__name__])
+
+
+# -- process-wide hooks ------------------------------------------------------------------
+
+
+class Pool(Protocol):
+    def close(self, *, kill: bool = False) -> None: ...
+    def disown(self) -> None: ...
+
+
+# Caller-side pipe ends and the pools of this process, for the hooks below.
+_caller_ends: weakref.WeakSet[Any] = weakref.WeakSet()
+live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
+
+
+def _close_inherited_ends() -> None:
+    for conn in list(_caller_ends):
+        conn.close()
+    for pool in list(live_pools):
+        pool.disown()
+
+
+def _close_live_pools() -> None:
+    # Runs before multiprocessing's own exit hook (registered earlier), which
+    # would otherwise wait forever for workers of a pool still leased, say by
+    # an f.iter generator abandoned at Ctrl-C.
+    for pool in list(live_pools):
+        pool.close()
+
+
+os.register_at_fork(after_in_child=_close_inherited_ends)
+atexit.register(_close_live_pools)
