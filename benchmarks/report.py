@@ -72,14 +72,16 @@ def chosen(cell: dict[str, Any], mode: str) -> str:
 
 
 def ratio_table(cells: list[dict[str, Any]], mode: str) -> list[str]:
-    head = ["cell", "best time", *RUNNERS, "serial/cores", "parloop chose"]
+    head = ["cell", "loop per item", "best time", *RUNNERS, "serial/cores", "parloop chose"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cell in cells:
         found = best_of(cell, mode)
         if found is None:
             continue
         winner, best = found
-        row = [cell["cell"]["label"], f"{seconds_text(best)} ({winner})"]
+        loop = cell["loop"]["median"]
+        per_item = seconds_text(loop / cell["cell"]["items"]) if loop is not None else "?"
+        row = [cell["cell"]["label"], per_item, f"{seconds_text(best)} ({winner})"]
         row += [_ratio_text(cell, mode, name, best) for name in RUNNERS]
         target = ideal(cell)
         row.append(f"{target / best:.2f}" if target is not None else "")
@@ -134,6 +136,7 @@ def plot(cells: list[dict[str, Any]], path: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
 
     figure, axes = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(cells) + 4), 10), sharex=True)
     offsets = {name: (i - (len(RUNNERS) - 1) / 2) * 0.1 for i, name in enumerate(RUNNERS)}
@@ -164,11 +167,13 @@ def plot(cells: list[dict[str, Any]], path: str) -> None:
                          color="black", label="serial / cores")
         axis.axhline(BEST_TARGET, color="grey", linestyle="--", linewidth=1)
         axis.set_yscale("log")
+        axis.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.set_ylabel(f"{mode}: time / best time")
         axis.grid(True, which="major", axis="y", alpha=0.3)
     axes[0].legend(ncol=len(RUNNERS) + 1, fontsize="small", loc="upper left")
-    axes[0].set_title("Each runner's time over the best runner's time in the same cell "
-                      "(1 = fastest; hollow = stopped at the time limit; dashed = 1.10)")
+    axes[0].set_title("Each runner's time / the best runner's time in the same cell\n"
+                      "(1 = fastest; hollow = stopped at the time limit, so at least that; "
+                      "dashed = 1.10)")
     axes[1].set_xticks(range(len(cells)))
     axes[1].set_xticklabels([c["cell"]["label"] for c in cells], rotation=60, ha="right",
                             fontsize="small")

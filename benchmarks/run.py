@@ -99,7 +99,8 @@ def write_markdown(path: Path, info: dict[str, Any], cells: list[dict[str, Any]]
         "per call. Medians of several runs; cold runs each in a fresh interpreter.", "",
         "Each number is that runner's median time divided by the best median in the same "
         "row (1.00 = fastest). `>N`: stopped at the per-run time limit, so at least N. "
-        "`serial/cores` is the ideal (plain loop / cores) on the same scale, for CPU-heavy "
+        "`loop per item` is the plain loop's measured time per item (the label's cost is "
+        "nominal). `serial/cores` is the ideal (plain loop / cores) on the same scale, for CPU-heavy "
         "cells. `parloop chose` is `last_plan.backend` of parloop's default "
         "`backend=\"auto\"`. PPE = `concurrent.futures.ProcessPoolExecutor`.", "",
         "## Cold: a pool started, used once, shut down (parloop: first call in a fresh "
