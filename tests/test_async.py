@@ -169,12 +169,7 @@ def test_two_maps_run_concurrently(backend: dict[str, Any]) -> None:
 
 
 @pytest.mark.timeout(60)
-def test_cancelling_the_task_cancels_pending_items(backend: dict[str, Any], tmp_path: Path,
-                                                   request: pytest.FixtureRequest) -> None:
-    if backend["backend"] == "serial":
-        request.applymarker(pytest.mark.xfail(
-            strict=True, reason="aiter() runs serial work in 1024-item batches (eager_errors="
-                                "True), so its driver sees the cancel only after 100 items"))
+def test_cancelling_the_task_cancels_pending_items(backend: dict[str, Any], tmp_path: Path) -> None:
     log = tmp_path / "started"
     fn = parallel_for(start_then_sleep, chunksize=1, **{**backend, "workers": 2})
 

@@ -13,14 +13,15 @@ import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from types import TracebackType
-from typing import Any, cast
+from typing import Any, Concatenate, Generic, TypeVar, cast, overload
 
 import wrapt
+from typing_extensions import ParamSpec
 
 from . import _dispatch, _scope
 from ._options import active_block, block_var, resolve, validate
 from ._planner import Plan
-from ._types import ParallelFunction
+from ._types import LoopDecorator, ParallelFunction
 
 __all__ = ["ParallelFor", "Pool", "make_wrapper", "run_iter", "run_list"]
 
@@ -154,7 +155,8 @@ class _Calls:
         items = _check_items(items, self.__wrapped__.__name__)
         block = active_block()
         batches = _dispatch.run(self.__wrapped__, items, args, kwargs,
-                                resolve(self._state.explicit, block), block, self._state.record)
+                                resolve(self._state.explicit, block), block, self._state.record,
+                                eager_errors=False)
         async for batch in run_async(batches):
             for value in batch:
                 yield value
@@ -180,8 +182,9 @@ class _ParallelFunction(_Calls, wrapt.FunctionWrapper[Any, Any]):
 
 
 def make_wrapper(fn: Callable[..., Any], explicit: dict[str, Any]) -> ParallelFunction[Any, Any, Any]:
-    if isinstance(fn, _ParallelFunction):
-        fn = fn.__wrapped__  # decorating twice: the outer options win
+    if isinstance(fn, _ParallelFunction):  # decorating twice: one layer, outer options win
+        explicit = {**fn._self_state.explicit, **explicit}
+        fn = fn.__wrapped__
     return cast("ParallelFunction[Any, Any, Any]", _ParallelFunction(fn, explicit))
 
 
@@ -228,14 +231,24 @@ class Pool:
         target, explicit = self._target(fn)
         block = active_block()
         batches = _dispatch.run(target, _check_items(items, "pool.aiter"), args, kwargs,
-                                resolve(explicit, block), block, self._record)
+                                resolve(explicit, block), block, self._record, eager_errors=False)
         async for batch in run_async(batches):
             for value in batch:
                 yield value
 
 
-class ParallelFor:
-    """A set of options: use it as a decorator, or as a ``with`` block."""
+E = TypeVar("E")
+T = TypeVar("T")
+R = TypeVar("R")
+P = ParamSpec("P")
+
+
+class ParallelFor(Generic[E]):
+    """A set of options: use it as a decorator, or as a ``with`` block.
+
+    ``E`` exists for type checkers only: what a failed item leaves among the
+    results (``Never`` for ``errors="raise"``, ``BaseException`` for "return").
+    """
 
     def __init__(self, explicit: dict[str, Any]) -> None:
         self._explicit = explicit
@@ -245,7 +258,13 @@ class ParallelFor:
         given = ", ".join(f"{k}={v!r}" for k, v in self._explicit.items())
         return f"parallel_for({given})"
 
-    def __call__(self, target: Any) -> Any:
+    @overload
+    def __call__(self, target: Callable[Concatenate[T, P], R], /) -> ParallelFunction[T, P, R | E]: ...
+
+    @overload
+    def __call__(self, target: Iterable[T], /) -> LoopDecorator[T]: ...
+
+    def __call__(self, target: Any, /) -> Any:
         return dispatch_target(target, self._explicit)
 
     def __enter__(self) -> Pool:

@@ -40,6 +40,7 @@ from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
 __all__ = ["run"]
 
 SERIAL_BATCH = 1024
+RESPONSIVE_SECONDS = 0.02
 SLOWEST = 5  # how many of the slowest items a plan reports
 
 
@@ -73,8 +74,8 @@ class _Run:
         # first yields the results before the failing item, as a loop would.
         self.eager_errors = eager_errors
         # A list call runs serial work in big batches (fastest); an iterator, an
-        # async call or a progress bar needs each result as soon as it exists.
-        self.batch_size = SERIAL_BATCH if eager_errors and not options.progress else 1
+        # async call or a progress bar gets a batch at least every 20 ms.
+        self.responsive = not eager_errors or bool(options.progress)
         self.block = block
         self.total = _length(items)
         self.iterator = iter(items)
@@ -111,12 +112,17 @@ class _Run:
         """Run up to ``limit`` items (all when None) in the caller."""
         call = _caller(self.job)
         source = self.iterator if limit is None else islice(self.iterator, limit)
+        responsive = self.responsive
+        clock = time.perf_counter
         while True:
             batch: list[Any] = []
             append = batch.append
             failure: BaseException | None = None
-            for item in islice(source, self.batch_size):
+            cutoff = clock() + RESPONSIVE_SECONDS
+            read = 0
+            for item in islice(source, SERIAL_BATCH):
                 self.index += 1
+                read += 1
                 try:
                     append(call(item))
                 except Exception as exc:
@@ -125,11 +131,13 @@ class _Run:
                         failure = value
                         break
                     append(value)
+                if responsive and clock() >= cutoff:
+                    break
             if batch:
                 yield batch  # the results before a failure still reach an iterator
             if failure is not None:
                 raise failure
-            if len(batch) < self.batch_size:
+            if read == 0:
                 return
 
     def probe(self, startup: float, method: str) -> Iterator[list[Any]]:

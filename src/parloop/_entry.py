@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, Literal, TypeVar, overload
 
-from typing_extensions import ParamSpec
+from typing_extensions import Never, ParamSpec
 
 from ._api import _MISSING, ParallelFor, parallel_for_impl
-from ._types import LoopDecorator, ParallelFunction
+from ._types import LoopDecorator, ParallelFunction, StarOptions
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -70,12 +70,48 @@ def parallel_for(
 def parallel_for(
     *,
     workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
-    star: bool = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise"] = ...,
+    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
     start_method: StartMethod | None = ..., retries: int = ...,
     retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
     client: Any = ..., address: str | None = ...,
-) -> ParallelFor: ...
+) -> ParallelFor[Never]: ...
+
+
+@overload
+def parallel_for(
+    *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["return"],
+    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFor[BaseException]: ...
+
+
+@overload
+def parallel_for(
+    *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
+    star: Literal[True], progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> StarOptions: ...
+
+
+@overload
+def parallel_for(
+    *,
+    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
+    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
+    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
+    start_method: StartMethod | None = ..., retries: int = ...,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+    client: Any = ..., address: str | None = ...,
+) -> ParallelFor[Any]: ...
 
 
 def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:

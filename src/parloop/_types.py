@@ -9,17 +9,21 @@ mypy and pyright see, through a ``cast``.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
-from typing import Any, Generic, Protocol, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from typing_extensions import ParamSpec
 
 from ._planner import Plan
 
+if TYPE_CHECKING:
+    from ._api import Pool
+
 T_contra = TypeVar("T_contra", contravariant=True)
 R_co = TypeVar("R_co")  # invariant: it appears inside list[...]
 P = ParamSpec("P")
 
-__all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction"]
+__all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction", "StarOptions"]
 
 
 class ParallelFunction(Protocol[T_contra, P, R_co]):
@@ -79,3 +83,20 @@ class LoopDecorator(Generic[T]):
 
     def __call__(self, fn: Callable[[T], R]) -> list[R]:
         return self._run(fn)
+
+
+class StarOptions(Protocol):
+    """What ``parallel_for(star=True, ...)`` is to a type checker: each item is
+    a tuple of arguments, so items are checked loosely."""
+
+    def __call__(self, fn: Callable[..., R], /) -> ParallelFunction[Iterable[Any], [], R]: ...
+
+    def __enter__(self) -> Pool: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    async def __aenter__(self) -> Pool: ...
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...

@@ -22,11 +22,9 @@ def square(x: int) -> int:
     return x * x
 
 
-def _shout(word: str) -> str:
+@parallel_for(workers=2, ordered=False, backend="thread", chunksize=4, progress=True)
+def shout(word: str) -> str:
     return word.upper()
-
-
-shout = parallel_for(_shout, workers=2, ordered=False, backend="thread", chunksize=4, progress=True)
 
 
 @parallel_for
@@ -34,11 +32,9 @@ def scale(x: float, factor: float, *, offset: float = 0.0) -> float:
     return x * factor + offset
 
 
-def _parse(text: str) -> int:
+@parallel_for(errors="return")
+def parse(text: str) -> int:
     return int(text)
-
-
-parse = parallel_for(_parse, errors="return")
 
 
 def report(done: int, total: int | None) -> None:
@@ -103,6 +99,12 @@ def forms() -> None:
 
     # star=True: each item is a tuple of arguments.
     assert_type(parallel_for(pow, star=True)([(2, 3)]), list[int])
+
+    @parallel_for(star=True, workers=2)
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    assert_type(add([(1, 2), (3, 4)]), list[int])
 
     # A progress callback.
     assert_type(parallel_for(math.sqrt, progress=report)([1.0]), list[float])

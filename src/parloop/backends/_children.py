@@ -4,20 +4,20 @@ their caller or leaking into a forked child. ``process.py`` drives them."""
 
 from __future__ import annotations
 
-import atexit
 import os
 import signal
 import time
 import weakref
 from collections import deque
 from dataclasses import dataclass, field
+from multiprocessing import util
 from typing import Any, Protocol
 
 from ..errors import short_repr
 from . import _worker
 from .base import Chunk
 
-__all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop"]
+__all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop", "track"]
 
 
 @dataclass(eq=False)
@@ -141,13 +141,27 @@ def _close_inherited_ends() -> None:
         pool.disown()
 
 
+_finalizer_pid = 0
+
+
+def track(pool: Pool) -> None:
+    """Close ``pool`` at exit, whatever still holds it.
+
+    multiprocessing's exit hook (at the main process's exit, and at the end of
+    every multiprocessing child) waits for all non-daemonic children. It would
+    wait forever for the workers of a pool still leased (say by an ``f.iter``
+    abandoned at Ctrl-C) or idle in a child. Its finalizers run first.
+    """
+    global _finalizer_pid
+    live_pools.add(pool)
+    if _finalizer_pid != os.getpid():  # a forked child starts with no finalizers
+        _finalizer_pid = os.getpid()
+        util.Finalize(None, _close_live_pools, exitpriority=10)
+
+
 def _close_live_pools() -> None:
-    # Runs before multiprocessing's own exit hook (registered earlier), which
-    # would otherwise wait forever for workers of a pool still leased, say by
-    # an f.iter generator abandoned at Ctrl-C.
     for pool in list(live_pools):
         pool.close()
 
 
 os.register_at_fork(after_in_child=_close_inherited_ends)
-atexit.register(_close_live_pools)

@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import pickle
 import sys
+import threading
 import time
 from multiprocessing.connection import wait as wait_for
 from typing import Any
@@ -61,7 +62,6 @@ def _thread_count() -> int:
         with open("/proc/self/stat", "rb") as stat:
             return int(stat.read().rsplit(b")", 1)[1].split()[17])
     except (OSError, ValueError, IndexError):
-        import threading
         return threading.active_count()
 
 
@@ -87,7 +87,7 @@ class ProcessBackend(Backend):
         self._outcomes: list[Outcome] = []
         self._pool: list[Worker] = []
         self._inherited = False
-        _children.live_pools.add(self)
+        _children.track(self)
         self._pool = [self._spawn() for _ in range(workers)]
 
     # -- workers ---------------------------------------------------------------
@@ -111,6 +111,7 @@ class ProcessBackend(Backend):
         with self._lock:
             if self._inherited:  # this pool belongs to the process we were forked from
                 self._inherited = False
+                _children.track(self)
                 self._pool = [self._spawn() for _ in range(self.workers)]
             if self._broken:
                 self._outcomes.append(crash_outcome(chunk, chunk.start, WorkerCrashedError(
@@ -304,6 +305,7 @@ class ProcessBackend(Backend):
         """In a forked child: these workers are the parent's. Drop them
         without a word to them; a call made here starts a pool of its own."""
         self._pool, self._outcomes, self._inherited = [], [], True
+        self._lock = threading.RLock()  # another thread may have held it at the fork
 
 
 def _pickled_item(index: int, item: Any) -> tuple[str, bytes | pickle.PickleBuffer]:
