@@ -202,3 +202,11 @@ class ExitOnUnpickle:
 
     def __reduce__(self) -> Any:
         return (os._exit, (3,))
+
+
+def send_worker_pids(conn: Any, method: str) -> None:
+    """In a child process: run a call, send back which workers ran it."""
+    pids = parallel_for(pid_after, backend="process", workers=2, start_method=method,
+                        chunksize=1)([0.05] * 4)
+    conn.send(sorted(set(pids)))
+    conn.close()

@@ -8,6 +8,7 @@ take well under a second is allowed a few (each says so where it matters).
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -40,6 +41,7 @@ from helpers import (
     parent_pid,
     pid_after,
     raise_base,
+    send_worker_pids,
     sleep_then,
     square,
 )
@@ -447,6 +449,32 @@ def test_a_caller_with_threads_gets_forkserver_and_no_fork_warning() -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr, result.stderr
     assert json.loads(result.stdout) == {"alone": ["fork", True], "threaded": ["forkserver", False]}
+
+
+@pytest.mark.timeout(60)
+def test_a_forked_child_of_the_caller_gets_a_pool_of_its_own_and_exits() -> None:
+    workers = parallel_for(pid_after, backend="process", workers=2, start_method="fork",
+                           chunksize=1)
+    ours = set(workers([0.05] * 4))
+    context = multiprocessing.get_context("fork")
+    receiver, sender = context.Pipe(duplex=False)
+    # The child inherits our warm pool: it must not talk to our workers, and
+    # it must not wait forever for its own ones when it ends.
+    child = context.Process(target=send_worker_pids, args=(sender, "fork"))
+    child.start()
+    sender.close()
+    try:
+        assert receiver.poll(20)
+        theirs = set(receiver.recv())
+        child.join(10)
+        assert child.exitcode == 0
+    finally:
+        receiver.close()
+        if child.exitcode is None:
+            child.kill()
+            child.join()
+    assert len(theirs) == 2 and not theirs & ours
+    assert set(workers([0.05] * 4)) == ours
 
 
 # -- retries= --------------------------------------------------------------------------
