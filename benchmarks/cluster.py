@@ -1,6 +1,7 @@
 """parloop on Dask and Ray against each engine's own API, on the same cluster.
 
     python -m benchmarks.cluster [--workers 2] [--repeats 3] [--small-items 2000]
+                                 [--engines dask ray]
 
 Run from the repository root. Each engine is started once (a LocalCluster of
 ``--workers`` processes with one thread each; a local Ray with that many
@@ -87,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--engines", nargs="+", choices=["dask", "ray"], default=["dask", "ray"])
     # Raw Dask pays 1-10 ms per task (more on a busy machine): 20,000 one-item
     # tasks would take minutes, so the default stays small.
     parser.add_argument("--small-items", type=int, default=2_000)
@@ -99,7 +101,7 @@ def main() -> None:
             [iterations_for(50e-6, per_step, fixed)] * args.small_items,
     }
     rows: list[tuple[str, str, float, float]] = []
-    for engine in ("dask", "ray"):
+    for engine in args.engines:
         started = time.perf_counter()
         found = _contenders(engine, args.workers)
         if found is None:
