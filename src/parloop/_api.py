@@ -7,7 +7,6 @@ its name, docstring, signature and method binding are the original's.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import functools
 import threading
@@ -63,6 +62,8 @@ def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
 async def run_async(batches: Generator[list[Any], None, None]) -> AsyncIterator[list[Any]]:
     """Drive a batch generator from a thread, handing batches to the event loop.
     Cancelling the awaiting task closes the generator, which cancels its items."""
+    import asyncio  # here: importing asyncio costs ~25 ms that sync users never need
+
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
     stop = threading.Event()

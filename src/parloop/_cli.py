@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__, _cpu
-from .backends.process import _thread_count, default_start_method
+from ._cpu import default_start_method
+from ._cpu import thread_count as _thread_count
 
 __all__ = ["info_lines", "main"]
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["CpuReport", "cpu_count", "cpu_report"]
+__all__ = ["CpuReport", "cpu_count", "cpu_report", "default_start_method", "thread_count"]
 
 
 @dataclass(frozen=True)
@@ -79,14 +80,25 @@ def _cgroup_v1_quota(root: Path) -> float | None:
     return quota / period
 
 
+_quota_cache: dict[tuple[int, str], float | None] = {}
+
+
+def _quota(root: Path) -> float | None:
+    # Reading the cgroup tree costs ~0.1 ms: once per process (the pid keys
+    # it, so a forked child reads its own). Affinity is re-read every call.
+    key = (os.getpid(), str(root))
+    if key not in _quota_cache:
+        quota = _cgroup_v2_quota(root)
+        _quota_cache[key] = quota if quota is not None else _cgroup_v1_quota(root)
+    return _quota_cache[key]
+
+
 def cpu_report(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> CpuReport:
     """The usable CPU count with each limit that went into it."""
     root = Path(cgroup_root)
     host = os.cpu_count() or 1
     affinity = _affinity()
-    quota = _cgroup_v2_quota(root)
-    if quota is None:
-        quota = _cgroup_v1_quota(root)
+    quota = _quota(root)
     usable = host
     if affinity is not None:
         usable = min(usable, affinity)
@@ -105,3 +117,23 @@ def cpu_count() -> int:
     True
     """
     return cpu_report().usable
+
+
+def thread_count() -> int:
+    """OS threads in this process, native ones (BLAS, gRPC) included."""
+    try:
+        with open("/proc/self/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[17])
+    except (OSError, ValueError, IndexError):
+        import threading
+        return threading.active_count()
+
+
+def default_start_method() -> str:
+    """fork when it is safe (Linux, a single-threaded caller), else forkserver
+    (Linux) or spawn. A fork copies locks held by other threads (BLAS, gRPC,
+    logging) in their held state, and the child can freeze on them; CPython
+    3.12+ warns about exactly this case, counting native threads too."""
+    if sys.platform != "linux":
+        return "spawn"
+    return "fork" if thread_count() == 1 else "forkserver"

@@ -109,36 +109,60 @@ class _Run:
         return False, exc
 
     def serial(self, limit: int | None = None) -> Iterator[list[Any]]:
-        """Run up to ``limit`` items (all when None) in the caller."""
+        """Run up to ``limit`` items (all when None) in the caller, in batches:
+        1024 items for a list call, or ~20 ms of work when results must flow."""
         call = _caller(self.job)
         source = self.iterator if limit is None else islice(self.iterator, limit)
-        responsive = self.responsive
         clock = time.perf_counter
+        size = 1 if self.responsive else SERIAL_BATCH
         while True:
-            batch: list[Any] = []
-            append = batch.append
-            failure: BaseException | None = None
-            cutoff = clock() + RESPONSIVE_SECONDS
-            read = 0
-            for item in islice(source, SERIAL_BATCH):
-                self.index += 1
-                read += 1
-                try:
-                    append(call(item))
-                except Exception as exc:
-                    ok, value = self._recover(call, item, exc)
-                    if not ok and not self.return_errors:
-                        failure = value
-                        break
-                    append(value)
-                if responsive and clock() >= cutoff:
-                    break
-            if batch:
-                yield batch  # the results before a failure still reach an iterator
-            if failure is not None:
-                raise failure
-            if read == 0:
+            chunk: list[Any] = []
+            input_error: BaseException | None = None
+            asked = size
+            try:
+                chunk.extend(islice(source, asked))  # keeps what it read before an error
+            except Exception as exc:
+                input_error = exc
+            if chunk:
+                began = clock()
+                batch, failure = self._serial_chunk(call, chunk)
+                if batch:
+                    yield batch  # the results before a failure still reach an iterator
+                if failure is not None:
+                    raise failure
+                if self.responsive:
+                    per_item = (clock() - began) / len(chunk)
+                    size = max(1, min(SERIAL_BATCH, int(RESPONSIVE_SECONDS / max(per_item, 1e-9))))
+            if input_error is not None:
+                raise input_error
+            if len(chunk) < asked:
                 return
+
+    def _serial_chunk(self, call: Callable[[Any], Any],
+                      chunk: list[Any]) -> tuple[list[Any], BaseException | None]:
+        """``[call(x) for x in chunk]`` at C speed (list.extend over map keeps
+        the results made before an exception), with errors handled per item."""
+        start = self.index
+        batch: list[Any] = []
+        while len(batch) < len(chunk):
+            done = len(batch)
+            try:
+                batch.extend(map(call, chunk[done:] if done else chunk))
+                if len(batch) == len(chunk):
+                    break
+                # map stopped early without an exception: the function raised
+                # StopIteration, which map mistakes for its own end (PEP 479).
+                raise RuntimeError(f"{getattr(call, '__name__', 'the function')} raised "
+                                   "StopIteration")
+            except Exception as exc:
+                position = len(batch)
+                self.index = start + position + 1  # for the note: item #position
+                ok, value = self._recover(call, chunk[position], exc)
+                if not ok and not self.return_errors:
+                    return batch, value
+                batch.append(value)
+        self.index = start + len(chunk)
+        return batch, None
 
     def probe(self, startup: float, method: str) -> Iterator[list[Any]]:
         """Run items here, timed, until the planner has seen enough."""
@@ -432,7 +456,7 @@ def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Itera
 def _start_method(options: Options) -> str:
     if options.start_method is not None:
         return options.start_method
-    from .backends.process import default_start_method
+    from ._cpu import default_start_method
     return default_start_method()
 
 

@@ -26,9 +26,8 @@ numbers it rests on.
 from __future__ import annotations
 
 import math
-import multiprocessing
 import pickle
-import statistics
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,7 +150,8 @@ class Probe:
     def per_item(self) -> float:
         if len(self.times) == 1:
             return self.times[0]
-        return statistics.median(self.times[1:])  # the first call often pays for warm-up
+        rest = sorted(self.times[1:])  # the first call often pays for warm-up
+        return rest[len(rest) // 2]
 
     def _projections(self, remaining: int) -> tuple[float, float]:
         cost = self.per_item()
@@ -203,7 +203,9 @@ class Probe:
 
 def static_choice(options: Options, workers: int, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    if _state.IN_WORKER or multiprocessing.current_process().daemon:
+    # multiprocessing not imported yet: this cannot be one of its children.
+    mp = sys.modules.get("multiprocessing")
+    if _state.IN_WORKER or (mp is not None and mp.current_process().daemon):
         return "serial", "already inside a worker process: a pool never starts a pool"
     if options.backend != "auto":
         return options.backend, f"backend={options.backend!r} was asked for"

@@ -49,7 +49,7 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
 
 def _key(name: str, workers: int, options: Options) -> tuple[Any, ...]:
     if name == "process":
-        from .backends.process import default_start_method
+        from ._cpu import default_start_method
         return (name, workers, options.start_method or default_start_method())
     if name in _EXTRAS:
         return (name, workers, id(options.client), options.address)

@@ -34,13 +34,13 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
-import sys
 import threading
 import time
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
 from .. import _cpu, _pickling
+from .._cpu import default_start_method
 from .._options import Options
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
 from . import _children, _worker
@@ -55,23 +55,6 @@ FLUSH_SECONDS = 0.05
 CANCEL_GRACE = 0.5  # a cancelled item may finish this long before its worker is replaced
 STOP_GRACE = 2.0  # an idle worker asked to stop may take this long before it is killed
 STARTUP_FAILURES = 3  # workers dying before "ready" in a row: the pool is broken
-
-
-def _thread_count() -> int:
-    try:
-        with open("/proc/self/stat", "rb") as stat:
-            return int(stat.read().rsplit(b")", 1)[1].split()[17])
-    except (OSError, ValueError, IndexError):
-        return threading.active_count()
-
-
-def default_start_method() -> str:
-    """fork when it is safe (Linux, a single-threaded caller), else forkserver
-    (Linux) or spawn. A fork copies locks held by other threads (BLAS, gRPC,
-    logging) in their held state, and the child can freeze on them."""
-    if sys.platform != "linux":
-        return "spawn"
-    return "fork" if _thread_count() == 1 else "forkserver"
 
 
 class ProcessBackend(Backend):
