@@ -78,6 +78,8 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
     before_threads = {t.ident for t in threading.enumerate()}
     yield
     _scope.warm_pools.close_all()
+    if "no_census" in request.keywords:
+        return
     deadline = time.monotonic() + 5
     while True:
         children = _children() - _infrastructure()
@@ -88,8 +90,6 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
         if (not children and not threads) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    if "no_census" in request.keywords:
-        return
     assert not children, f"child processes left behind: {sorted(children)}"
     assert not threads, f"threads left behind: {threads}"
     # fds opened by the forkserver/resource tracker on first use are shared infrastructure.

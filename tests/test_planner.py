@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import nested_outer, sleep_then, square
+
 from parloop import ParloopWarning, parallel_for
 
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers import fail_on, identity, square
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import fail_on, identity, square
 from parloop import parallel_for
 
 values = st.one_of(st.integers(), st.text(max_size=5), st.floats(allow_nan=False),
