@@ -41,7 +41,10 @@ PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
 CLEAR_WIN = 1.5  # stop probing early once one side wins by this factor
 CHUNK_SECONDS = 0.02  # target duration of one chunk: amortises a ~0.1 ms round trip
-LATENCY = 0.001  # fixed cost of a parallel run: wake-ups, first round trip
+LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
+MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
+HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
+PIPE_BYTES_PER_SECOND = 1e9  # moving bytes caller -> worker -> caller, copies included
 
 # Seconds to start a pool of n workers, by start method: (fixed, per worker).
 # Updated with what this process actually measures.
@@ -105,11 +108,17 @@ class Plan:
         return {name: min(1.0, busy / parallel) for name, busy in self.worker_seconds.items()}
 
 
-def _pickle_seconds(value: Any) -> tuple[float, int]:
+def _transfer_seconds(value: Any) -> tuple[float, int]:
+    """Seconds to pickle and unpickle ``value`` plus to move its bytes through
+    a pipe, and its size. Large buffers (NumPy arrays, bytes) are counted by
+    size through protocol 5's buffer_callback instead of being copied."""
+    buffers: list[pickle.PickleBuffer] = []
     started = time.perf_counter()
-    blob = pickle.dumps(value, 5)
-    pickle.loads(blob)
-    return time.perf_counter() - started, len(blob)
+    data = pickle.dumps(value, 5, buffer_callback=buffers.append)
+    pickle.loads(data, buffers=buffers)
+    elapsed = time.perf_counter() - started
+    size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
+    return elapsed + size / PIPE_BYTES_PER_SECOND, size
 
 
 @dataclass
@@ -138,9 +147,13 @@ class Probe:
 
     def measure_transfer(self, item: Any, result: Any) -> None:
         """Cost of sending one item and its result (both ways, both sides)."""
+        if self.total is not None and \
+                (self.total - len(self.times)) * self.per_item() < self.startup + LATENCY:
+            return  # no pool can win: do not spend time measuring (a 10 MB item costs ms)
         try:
-            seconds_in, size_in = _pickle_seconds(item)
-            seconds_out, size_out = _pickle_seconds(result)
+            for _ in range(2):  # the second measure is the warm one
+                seconds_in, size_in = _transfer_seconds(item)
+                seconds_out, size_out = _transfer_seconds(result)
         except Exception as exc:
             self.picklable = exc
             return
@@ -153,11 +166,16 @@ class Probe:
         rest = sorted(self.times[1:])  # the first call often pays for warm-up
         return rest[len(rest) // 2]
 
+    def _throughput(self) -> float:
+        """Seconds per item of a busy pool: the workers compute (and unpickle
+        and pickle) in parallel; the caller's half of the transfer does not."""
+        return max((self.per_item() + self.transfer / 2) / self.workers, self.transfer / 2)
+
     def _projections(self, remaining: int) -> tuple[float, float]:
         cost = self.per_item()
-        parallel = (self.startup + LATENCY
-                    + remaining * max((cost + self.transfer / 2) / self.workers, self.transfer / 2))
-        return remaining * cost, parallel
+        rounds = math.ceil(remaining / self.workers)  # 3 items on 2 workers take 2 rounds
+        busy = max(rounds * (cost + self.transfer / 2), remaining * self.transfer / 2)
+        return remaining * cost, self.startup + LATENCY + busy
 
     def done(self, seen: int) -> bool:
         """After ``seen`` items: is the decision clear, or the budget spent?"""
@@ -168,7 +186,10 @@ class Probe:
         if remaining <= 0:
             return True
         serial, parallel = self._projections(remaining)
-        if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
+        # One item may carry first-call costs: a clear win needs three, unless
+        # items are heavy enough that waiting for more costs real time.
+        enough = seen >= 3 or self.per_item() >= HEAVY_ITEM
+        if enough and (serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial):
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
 
@@ -185,13 +206,12 @@ class Probe:
                        f"{self.workers} workers ≈ {format_seconds(parallel)} "
                        f"(pool start ~{format_seconds(self.startup)}, "
                        f"transfer ~{format_seconds(self.transfer)}/item)")
-            if parallel < serial:
+            if parallel * MARGIN < serial:
                 return Verdict(0, numbers, cost)
             return Verdict(None, numbers, cost)
         # Unknown length: compare throughputs, then rent before buying.
-        _, per_item_parallel = self._projections(1)
-        per_item_parallel -= self.startup + LATENCY
-        if per_item_parallel >= cost:
+        per_item_parallel = self._throughput()
+        if per_item_parallel * MARGIN >= cost:
             return Verdict(None, f"{probe_text} of unknown count: a pool would not be faster "
                                  f"per item (~{format_seconds(per_item_parallel)})", cost)
         more = math.ceil(self.startup / cost) if cost > 0 else 0
