@@ -1,4 +1,4 @@
-"""The Ray backend: each chunk is one Ray task; see ``dask.py`` for the whole
+"""The Ray backend: each chunk is one Ray task; see ``_cluster.py`` for the whole
 picture, which the two backends share.
 
 It runs on the Ray this process already initialised, else connects to
@@ -13,8 +13,8 @@ import threading
 from typing import Any
 
 from .._options import Options
+from ._cluster import ClusterBackend, Reply, _JobState, run_chunk_remote
 from .base import Chunk
-from .dask import ClusterBackend, Reply, _JobState, run_chunk_remote
 
 __all__ = ["RayBackend"]
 

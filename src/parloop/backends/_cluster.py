@@ -1,0 +1,457 @@
+"""The parts every cluster backend (Dask, Ray) shares: one remote task per
+chunk, the job's data shipped once, errors captured per item, and the
+handling of lost workers.
+
+How a chunk travels::
+
+    caller (dispatch engine)                         Dask / Ray worker
+    ------------------------                         -----------------
+    first submit of a job:
+      (fn, args, kwargs) pickled once ---------------> held by the cluster
+    submit(chunk) --> one remote task:
+      run_chunk_remote(job key, spec, start, items) -> unpickle the spec once per
+                                                       worker (cached by key), run
+                                                       the items, pickle each
+                                                       result, capture each error
+    _poll() <-- (result blobs, errors, busy) --------- task result
+       |
+       v
+    Outcome(job, start, values, errors) --> engine
+
+Each result travels as its own pickle, so one unpicklable result fails only
+its item.
+
+A lost worker fails the items it ran, and only those. A chunk whose worker
+died is split into one task per item. A one-item task whose worker died
+gets a strike; Ray runs one task per worker process, so one strike condemns
+the item (WorkerCrashedError). Dask blames every task queued on the dead
+worker (KilledWorker), so there the first strike sends the item to
+quarantine, where suspects run one at a time, and only a second strike
+condemns it.
+
+Neither engine says when a task starts, so ``timeout=`` is best effort: the
+oldest tasks, one per cluster thread, are taken to be running, and a task
+past ``timeout`` per item (plus COLD_START seconds while workers may still be
+starting) is cancelled and its worker ended (Ray kills it; on Dask it exits
+and its nanny starts another).
+
+parloop must be importable on the cluster's workers: the task function is
+sent by reference. ``import parloop`` never imports dask or ray; this module
+imports them only inside the backends.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import logging
+import os
+import pickle
+import socket
+import threading
+import time
+import types
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from .. import _pickling, _state
+from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
+from ._results import crash_outcome, decode_done
+from ._worker import _unpickle_error, capture, dump_value
+from .base import Backend, Chunk, Job, Outcome
+
+__all__ = ["ClusterBackend", "run_chunk_remote"]
+
+Captured = tuple[bytes | None, str, str, str]
+#: what a remote task returns; None: the items did not unpickle as one list
+Reply = tuple[list[bytes | None], dict[int, Captured], float, str, tuple[float, int]] | None
+
+TIMEOUT_GRACE = 0.25  # seconds a chunk may overrun timeout * items: scheduling noise
+COLD_START = 5.0  # more seconds while a worker may still be starting, or loading the job
+LOST_RETRIES = 3  # times a chunk is resent after the cluster lost the job's data
+
+# -- worker side ----------------------------------------------------------------------
+
+_SPEC_CACHE = 8  # jobs whose unpickled (fn, args, kwargs) a worker keeps
+_specs: OrderedDict[str, Any] = OrderedDict()
+_specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
+
+
+def _load_spec(key: str, blob: bytes) -> tuple[Callable[..., Any], tuple[Any, ...],
+                                               dict[str, Any], bool, bool]:
+    with _specs_lock:
+        spec = _specs.get(key)
+        if spec is not None:
+            _specs.move_to_end(key)
+    if spec is None:
+        try:
+            spec = pickle.loads(blob)
+        except BaseException as exc:
+            spec = exc
+        with _specs_lock:
+            _specs[key] = spec
+            while len(_specs) > _SPEC_CACHE:
+                _specs.popitem(last=False)
+    if isinstance(spec, BaseException):
+        raise spec
+    return spec  # type: ignore[no-any-return]
+
+
+def _item(items: list[Any], split: bool, offset: int, start: int) -> tuple[bool, Any]:
+    """(True, item), or (False, captured error) when it could not be sent."""
+    if not split:
+        return True, items[offset]
+    kind, data = items[offset]
+    if kind == "failed":  # the caller could not pickle it; data is the explanation
+        return False, (data, "", "", "")
+    try:
+        return True, pickle.loads(data)
+    except BaseException as exc:
+        return False, capture(_unpickle_error("item", start + offset, exc))
+
+
+def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
+    """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
+    _state.IN_WORKER = True
+    worker = f"{socket.gethostname()} pid {os.getpid()}"
+    try:
+        fn, args, kwargs, star, stop_on_error = _load_spec(key, spec)
+    except BaseException as exc:
+        info = capture(_unpickle_error("function or extra arguments", start, exc))
+        return [None] * count, dict.fromkeys(range(count), info), 0.0, worker, (0.0, -1)
+    split = not isinstance(packed, bytes)  # bytes: the whole list; else (kind, blob) pairs
+    if not split:
+        try:
+            packed = pickle.loads(packed)
+        except BaseException:
+            return None  # the caller resends them one by one
+    values: list[bytes | None] = []
+    errors: dict[int, Captured] = {}
+    clock = time.perf_counter
+    busy, slowest = 0.0, (0.0, -1)
+    for offset in range(count):
+        ok, item = _item(packed, split, offset, start)
+        if not ok:
+            values.append(None)
+            errors[offset] = item
+            continue
+        began = clock()
+        try:
+            result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
+            try:
+                values.append(dump_value(result))
+            except BaseException as exc:
+                values.append(None)
+                errors[offset] = capture(_unpickle_error("result", start + offset, exc, True))
+        except BaseException as exc:
+            values.append(None)
+            errors[offset] = capture(exc)
+            # KeyboardInterrupt is also how Ray cancels a running task.
+            if stop_on_error or isinstance(exc, KeyboardInterrupt):
+                break
+        finally:
+            spent = clock() - began
+            busy += spent
+            if spent > slowest[0]:
+                slowest = (spent, start + offset)
+    return values, errors, busy, worker, slowest
+
+
+# -- caller side, shared by Dask and Ray -----------------------------------------------
+
+
+@dataclass(eq=False)
+class _Task:
+    chunk: Chunk
+    split: bool = False  # items pickled one by one
+    lost: int = 0  # times resent after the cluster lost the job's data
+    strikes: int = 0  # times its worker died under it (one-item tasks)
+    started: float | None = None  # when it was taken to be running
+    allowance: float = 0.0  # extra seconds: it may have waited for a worker to start
+    spec: Any = None  # the handle on the job's data it was sent with
+
+    def budget(self) -> float:
+        timeout = self.chunk.job.timeout or 0.0
+        return timeout * len(self.chunk.items) + TIMEOUT_GRACE + self.allowance
+
+
+@dataclass(eq=False)
+class _JobState:
+    key: str
+    blob: bytes
+    spec: Any = None  # the engine's handle on the shipped blob
+    replied: bool = False  # a task of this job has come back: its data reached a worker
+    cold_until: float = field(default_factory=lambda: time.monotonic() + COLD_START)
+
+
+class _Lost(Exception):
+    """The cluster dropped a task because data it needed was lost."""
+
+
+class ClusterBackend(Backend):
+    """One remote task per chunk on an engine that runs tasks; subclasses
+    supply the engine calls (the methods that raise NotImplementedError)."""
+
+    #: worker losses a one-item task survives before it is blamed (see above)
+    strikes_allowed = 0
+
+    def __init__(self, workers: int) -> None:
+        super().__init__(workers)
+        self._jobs: dict[int, _JobState] = {}
+        self._tasks: dict[Any, _Task] = {}  # engine handle -> task, in submission order
+        self._quarantine: deque[_Task] = deque()
+        self._suspect: Any = None  # handle of the quarantined task running now
+        self._ready: list[Outcome] = []
+        self._slot_count: int | None = None
+        self._cold_until = 0.0  # a worker was lost or killed: its successor may be starting
+
+    # -- engine calls -------------------------------------------------------------------
+
+    def _ship(self, blob: bytes) -> Any:
+        raise NotImplementedError
+
+    def _launch(self, state: _JobState, chunk: Chunk, packed: Any) -> Any:
+        raise NotImplementedError
+
+    def _finished(self, timeout: float | None) -> list[Any]:
+        """Handles of tasks that finished, waiting up to ``timeout`` for one."""
+        raise NotImplementedError
+
+    def _results(self, handles: list[Any]) -> list[tuple[Reply, BaseException | None]]:
+        raise NotImplementedError
+
+    def _stop(self, handles: list[Any], hard: bool = False) -> None:
+        """Cancel tasks; ``hard``: one overran its timeout, stop it even if running."""
+        raise NotImplementedError
+
+    def _is_crash(self, error: BaseException) -> bool:
+        raise NotImplementedError
+
+    def _slots(self) -> int:
+        """How many tasks the cluster runs at once."""
+        raise NotImplementedError
+
+    # -- sending ------------------------------------------------------------------------
+
+    def submit(self, chunk: Chunk) -> None:
+        with self._lock:
+            self._launch_task(_Task(chunk))
+
+    def _launch_task(self, task: _Task) -> Any:
+        chunk = task.chunk
+        state = self._job_state(chunk.job)
+        packed: Any = None
+        if not task.split:
+            try:
+                packed = dump_value(chunk.items)
+            except Exception:
+                task.split = True
+        if task.split:
+            packed = [_pack(chunk.start + i, item) for i, item in enumerate(chunk.items)]
+        handle = self._launch(state, chunk, packed)
+        task.spec = state.spec
+        self._tasks[handle] = task
+        return handle
+
+    def _resend(self, task: _Task) -> None:
+        try:
+            self._launch_task(task)
+        except Exception as exc:  # e.g. no worker came back to hold the job's data
+            self._ready.append(crash_outcome(task.chunk, task.chunk.start,
+                                             self._crash(task.chunk, exc)))
+
+    def _job_state(self, job: Job) -> _JobState:
+        state = self._jobs.get(job.id)
+        if state is None:
+            spec = (job.fn, job.args, job.kwargs, job.star, job.stop_on_error)
+            try:
+                blob = _dumps(spec)
+            except Exception as exc:
+                raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
+                    or exc from None
+            state = self._jobs[job.id] = _JobState(f"parloop-{uuid.uuid4().hex}-{job.id}", blob)
+            if job.timeout is not None and self._slot_count is None:
+                self._slot_count = max(1, self._slots())
+        if state.spec is None:
+            state.spec = self._ship(state.blob)
+        return state
+
+    # -- the rest of the Backend interface ------------------------------------------------
+
+    def cancel(self, job: Job) -> None:
+        with self._lock:
+            mine = [h for h, task in self._tasks.items() if task.chunk.job is job]
+            for handle in mine:
+                del self._tasks[handle]
+            if mine:
+                self._stop(mine)
+            self._quarantine = deque(t for t in self._quarantine if t.chunk.job is not job)
+            self._ready = [o for o in self._ready if o.job_id != job.id]
+
+    def end_job(self, job: Job) -> None:
+        with self._lock:
+            super().end_job(job)
+            self._jobs.pop(job.id, None)  # dropping the handle frees the shipped spec
+
+    def _drop_all(self) -> None:
+        handles, self._tasks = list(self._tasks), {}
+        self._jobs.clear()
+        self._quarantine.clear()
+        self._suspect = None
+        self._ready = []
+        if handles:
+            try:
+                self._stop(handles)
+            except Exception:  # the engine may be gone already; nothing left to cancel
+                logging.getLogger(__name__).debug("cancel at close failed", exc_info=True)
+
+    # -- collecting -----------------------------------------------------------------------
+
+    def _poll(self, timeout: float | None) -> list[Outcome]:
+        if not self._ready:
+            if self._tasks:
+                now = time.monotonic()
+                self._mark_running(now)
+                done = self._finished(self._until_deadline(now, timeout))
+                if done:
+                    self._collect(done)
+                self._enforce_deadlines()
+                self._release_suspect()
+            elif timeout:
+                time.sleep(timeout)
+        ready, self._ready = self._ready, []
+        return ready
+
+    def _collect(self, done: list[Any]) -> None:
+        tasks = [self._tasks.pop(handle) for handle in done]
+        for task, (reply, error) in zip(tasks, self._results(done), strict=True):
+            chunk = task.chunk
+            state = self._jobs.get(chunk.job.id)
+            if state is None:
+                continue  # its call ended
+            state.replied = True
+            if error is not None:
+                self._failed(task, error)
+            elif reply is None:
+                self._resend(_Task(chunk, split=True))
+            else:
+                blobs, errors, busy, worker, slowest = reply
+                outcome = decode_done(chunk, chunk.start, blobs, errors, busy, worker)
+                outcome.slowest = slowest
+                self._ready.append(outcome)
+                if len(blobs) < len(chunk.items):
+                    # The task stopped early (an error under stop_on_error, or an
+                    # interrupt). Send the rest: the engine cancels it if it stops the
+                    # call, and needs it when it retries the failed item instead.
+                    rest = Chunk(chunk.job, chunk.start + len(blobs), chunk.items[len(blobs):])
+                    self._resend(_Task(rest, task.split))
+
+    def _failed(self, task: _Task, error: BaseException) -> None:
+        chunk = task.chunk
+        lost = isinstance(error, _Lost)
+        if not lost and not self._is_crash(error):
+            self._ready.append(crash_outcome(chunk, chunk.start, error))
+            return
+        self._cold_until = time.monotonic() + COLD_START  # workers are being replaced
+        if lost and task.lost < LOST_RETRIES:
+            state = self._jobs[chunk.job.id]
+            if state.spec is task.spec:
+                state.spec = None  # ship it again (once for all the tasks that lost it)
+            self._resend(_Task(chunk, task.split, task.lost + 1, task.strikes))
+        elif len(chunk.items) > 1:
+            # Which item killed the worker? Run each alone to find out.
+            for offset, item in enumerate(chunk.items):
+                self._resend(_Task(Chunk(chunk.job, chunk.start + offset, [item]), task.split))
+        elif task.strikes < self.strikes_allowed:
+            self._quarantine.append(_Task(chunk, task.split, task.lost, task.strikes + 1))
+        else:
+            self._ready.append(crash_outcome(chunk, chunk.start, self._crash(chunk, error)))
+
+    def _release_suspect(self) -> None:
+        """Run the next quarantined task once the one before it has finished."""
+        if self._quarantine and self._suspect not in self._tasks:
+            self._suspect = None
+            task = self._quarantine.popleft()
+            try:
+                self._suspect = self._launch_task(task)
+            except Exception as exc:
+                self._ready.append(crash_outcome(task.chunk, task.chunk.start,
+                                                 self._crash(task.chunk, exc)))
+
+    def _crash(self, chunk: Chunk, error: BaseException) -> WorkerCrashedError:
+        end = chunk.start + len(chunk.items) - 1
+        what = (f"item #{chunk.start} ({short_repr(chunk.items[0])})" if end == chunk.start
+                else f"items #{chunk.start}..#{end}")
+        crash = WorkerCrashedError(
+            f"a {self.name} worker was lost while it ran {what}: {type(error).__name__}: {error}",
+            indices=tuple(range(chunk.start, end + 1)))
+        crash.__cause__ = error
+        return crash
+
+    # -- timeouts -------------------------------------------------------------------------
+
+    def _mark_running(self, now: float) -> None:
+        if self._slot_count is None:
+            return
+        for task in itertools.islice(self._tasks.values(), self._slot_count):
+            if task.started is None:
+                task.started = now
+                state = self._jobs.get(task.chunk.job.id)
+                if (state is not None and (not state.replied or now < state.cold_until)) \
+                        or now < self._cold_until:
+                    task.allowance = COLD_START
+
+    def _until_deadline(self, now: float, timeout: float | None) -> float | None:
+        for task in self._tasks.values():
+            if task.started is not None and task.chunk.job.timeout is not None:
+                left = max(0.0, task.started + task.budget() - now)
+                timeout = left if timeout is None else min(timeout, left)
+        return timeout
+
+    def _enforce_deadlines(self) -> None:
+        now = time.monotonic()
+        late = [(handle, task) for handle, task in self._tasks.items()
+                if task.started is not None and task.chunk.job.timeout is not None
+                and now - task.started > task.budget()]
+        if not late:
+            return
+        for handle, _ in late:
+            del self._tasks[handle]
+        self._stop([handle for handle, _ in late], hard=True)
+        self._cold_until = now + COLD_START  # their workers are being replaced
+        for _, task in late:
+            chunk = task.chunk
+            what = (f"item #{chunk.start} ({short_repr(chunk.items[0])})" if len(chunk.items) == 1
+                    else f"the task running items #{chunk.start}..#{chunk.start + len(chunk.items) - 1}")
+            self._ready.append(crash_outcome(chunk, chunk.start, TaskTimeoutError(
+                f"{what} ran longer than timeout={chunk.job.timeout:g} s per item; "
+                f"its {self.name} task was cancelled")))
+
+
+class _ClusterPickler(_pickling._Pickler):
+    # A cluster worker's __main__ is not the caller's script (on Ray it never
+    # is), so a function defined there must travel by value, as cloudpickle
+    # sends it; everything else goes as parloop's process backend sends it.
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
+            return cloudpickle.Pickler.reducer_override(self, obj)
+        return super().reducer_override(obj)
+
+
+def _dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _ClusterPickler(buffer, protocol=_pickling.PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _pack(index: int, item: Any) -> tuple[str, bytes]:
+    try:
+        return ("item", dump_value(item))
+    except Exception:
+        return ("failed", dump_value(_pickling.explain_item(index, item)))
+
