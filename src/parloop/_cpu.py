@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,25 +81,27 @@ def _cgroup_v1_quota(root: Path) -> float | None:
     return quota / period
 
 
-_quota_cache: dict[tuple[int, str], float | None] = {}
+_static_cache: dict[tuple[int, str], tuple[int, float | None]] = {}
 
 
-def _quota(root: Path) -> float | None:
-    # Reading the cgroup tree costs ~0.1 ms: once per process (the pid keys
-    # it, so a forked child reads its own). Affinity is re-read every call.
-    key = (os.getpid(), str(root))
-    if key not in _quota_cache:
-        quota = _cgroup_v2_quota(root)
-        _quota_cache[key] = quota if quota is not None else _cgroup_v1_quota(root)
-    return _quota_cache[key]
+def _static_limits(root: str) -> tuple[int, float | None]:
+    # The host's CPU count and the cgroup quota cost ~10 µs each to read: once
+    # per process (the pid keys it, so a forked child reads its own). The
+    # affinity mask, which a program may change, is read on every call.
+    key = (os.getpid(), root)
+    limits = _static_cache.get(key)
+    if limits is None:
+        quota = _cgroup_v2_quota(Path(root))
+        if quota is None:
+            quota = _cgroup_v1_quota(Path(root))
+        limits = _static_cache[key] = (os.cpu_count() or 1, quota)
+    return limits
 
 
 def cpu_report(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> CpuReport:
     """The usable CPU count with each limit that went into it."""
-    root = Path(cgroup_root)
-    host = os.cpu_count() or 1
+    host, quota = _static_limits(os.fspath(cgroup_root))
     affinity = _affinity()
-    quota = _quota(root)
     usable = host
     if affinity is not None:
         usable = min(usable, affinity)
@@ -137,3 +140,15 @@ def default_start_method() -> str:
     if sys.platform != "linux":
         return "spawn"
     return "fork" if thread_count() == 1 else "forkserver"
+
+
+_planning: list[float | str] = [0.0, ""]
+
+
+def planning_start_method() -> str:
+    """default_start_method(), re-read at most once a second: for cost
+    estimates only (a pool decides again when it starts each worker)."""
+    now = time.monotonic()
+    if now - float(_planning[0]) > 1.0:
+        _planning[:] = [now, default_start_method()]
+    return str(_planning[1])

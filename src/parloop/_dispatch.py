@@ -456,8 +456,8 @@ def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Itera
 def _start_method(options: Options) -> str:
     if options.start_method is not None:
         return options.start_method
-    from ._cpu import default_start_method
-    return default_start_method()
+    from ._cpu import planning_start_method
+    return planning_start_method()
 
 
 def unwrap_callable(fn: Callable[..., Any]) -> Callable[..., Any]:

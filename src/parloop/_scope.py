@@ -49,8 +49,9 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
 
 def _key(name: str, workers: int, options: Options) -> tuple[Any, ...]:
     if name == "process":
-        from ._cpu import default_start_method
-        return (name, workers, options.start_method or default_start_method())
+        # With start_method=None the pool picks fork or forkserver per worker
+        # as it starts them, so the default is one key, not two.
+        return (name, workers, options.start_method)
     if name in _EXTRAS:
         return (name, workers, id(options.client), options.address)
     return (name, workers)
