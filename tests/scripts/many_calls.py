@@ -6,6 +6,11 @@ Reports what the process holds (fds, threads, descendant processes, shared
 memory mapped) after the first call and again after the last one; the test
 expects no growth, and nothing on stderr at exit (no resource_tracker
 warnings about leaked semaphores or shared memory).
+
+Semaphores and shared memory are counted in /proc/self/maps rather than as
+/dev/shm entries: /dev/shm is shared with every other process on the machine,
+so its entries cannot be told apart. A named semaphore that outlived its
+process would be reported by the resource tracker, on our stderr.
 """
 
 from __future__ import annotations
