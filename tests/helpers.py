@@ -210,3 +210,9 @@ def send_worker_pids(conn: Any, method: str) -> None:
                         chunksize=1)([0.05] * 4)
     conn.send(sorted(set(pids)))
     conn.close()
+
+
+def parent_after(delay: float) -> int:
+    """Sleep, then say which process started the worker that ran the item."""
+    time.sleep(delay)
+    return os.getppid()

@@ -448,7 +448,11 @@ def test_a_caller_with_threads_gets_forkserver_and_no_fork_warning() -> None:
                              str(SCRIPTS / "threaded_caller.py")],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and not result.stderr, result.stderr
-    assert json.loads(result.stdout) == {"alone": ["fork", True], "threaded": ["forkserver", False]}
+    assert json.loads(result.stdout) == {
+        "alone": ["fork", True],  # alone, a pool is forked
+        "threaded": ["forkserver", False],  # with a thread, a new pool comes from the fork server
+        "after_crash": {"ours": True, "others": 1},  # and so does a replacement worker
+    }
 
 
 @pytest.mark.timeout(60)
