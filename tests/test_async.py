@@ -141,19 +141,19 @@ def test_the_event_loop_keeps_running_during_a_slow_map(backend: dict[str, Any])
 
         task = asyncio.create_task(ticker())
         try:
-            results = await fn.amap([0.25] * 6)
+            results = await fn.amap([0.25] * 12)
         finally:
             task.cancel()
         return results, ticks
 
     results, ticks = run(main)
-    assert results == [0.25] * 6
+    assert results == [0.25] * 12
     gaps = [later - earlier for earlier, later in itertools.pairwise(ticks)]
-    # 6 x 0.25 s of sleeping: >= 0.75 s on 2 workers, 1.5 s serially. A loop
-    # blocked by the map would not tick at all for that long; allow a loaded
-    # machine's scheduling hiccups.
+    # 12 x 0.25 s of sleeping: >= 1.5 s on 2 workers, 3 s serially. A loop
+    # blocked by the map would not tick at all for that long; a gap under 1 s
+    # allows a loaded machine's hiccups (0.64 s was seen while a pool spawned).
     assert len(ticks) > 30, f"only {len(ticks)} ticks"
-    assert max(gaps) < 0.5, f"the loop stalled for {max(gaps):.2f} s"
+    assert max(gaps) < 1.0, f"the loop stalled for {max(gaps):.2f} s"
 
 
 @pytest.mark.timeout(60)
