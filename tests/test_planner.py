@@ -130,3 +130,15 @@ def test_chunks_are_sized_from_measured_cost() -> None:
     assert plan is not None and plan.backend == "process"
     busy = sum(plan.worker_seconds.values())
     assert busy > 0.1  # the workers, not the caller, did the work
+
+
+def test_each_decision_is_logged(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="parloop"):
+        parallel_for(square)(range(8))
+    records = [r for r in caplog.records if r.name == "parloop"]
+    assert records and records[-1].levelno == logging.DEBUG
+    assert "square: serial:" in records[-1].getMessage()
+    assert not logging.getLogger().handlers or all(
+        h.__class__.__name__ == "LogCaptureHandler" or "pytest" in type(h).__module__
+        for h in logging.getLogger().handlers)  # parloop never configures the root logger

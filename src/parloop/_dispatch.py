@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import itertools
+import logging
 import operator
 import time
 import warnings
@@ -38,6 +39,9 @@ from .backends.base import Backend, Chunk, Job, Outcome
 from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
 
 __all__ = ["run"]
+
+# The library only emits records; configuring handlers is the application's call.
+logger = logging.getLogger("parloop")
 
 SERIAL_BATCH = 1024
 RESPONSIVE_SECONDS = 0.02
@@ -397,6 +401,7 @@ def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator
     problem = state.unpicklable or _unpicklable(state)
     if problem is not None:
         state.plan.reason = f"cannot send the work to a process ({problem}); ran serially"
+        logger.info("%s: fell back to serial: %s", _name(state.job.fn), problem)
         warnings.warn(f"parloop: {state.plan.reason}. Use backend='thread' to run it in "
                       "threads, or make it picklable.", ParloopWarning, stacklevel=5)
         return
@@ -426,6 +431,8 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
             plan.caller_seconds = plan.wall_seconds
         plan.slowest = sorted(((i, t) for t, i in state.slowest if i >= 0),
                               key=lambda pair: -pair[1])
+        if logger.isEnabledFor(logging.DEBUG):
+            logger.debug("%s: %s", _name(fn), plan)
         record(plan)
 
 
@@ -451,6 +458,10 @@ def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Itera
                                 state.verdict.per_item if state.verdict else None)
     plan.chunksize = sizer.next(None if state.total is None else state.total - state.index)
     yield from state.parallel(lease, sizer)
+
+
+def _name(fn: Callable[..., Any]) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
 
 
 def _start_method(options: Options) -> str:
