@@ -210,11 +210,27 @@ def explain_unpicklable(fn: Callable[..., Any], args: tuple[Any, ...],
 
 def explain_item(index: int, item: Any) -> UnpicklableError | None:
     """An UnpicklableError naming what in item ``index`` cannot be pickled."""
+    if type(item) in _ALWAYS_PICKLABLE:
+        return None
+    try:
+        # The C pickler, with large buffers (arrays, bytes) passed by reference
+        # rather than copied: checking a 100 MB item must not cost a full copy.
+        pickle.dumps(item, PROTOCOL, buffer_callback=_keep_out_of_band)
+        return None
+    except Exception:
+        pass  # cloudpickle may still manage (a lambda inside an item)
     error = _fails(item)
     if error is None:
         return None
     path, part = _deepest(item, f"item #{index}")
     return _error(f"{path}: {short_repr(part)} ({_type_name(part)}) cannot be pickled", error)
+
+
+_ALWAYS_PICKLABLE = frozenset({bytes, bytearray, str, int, float, complex, bool, type(None)})
+
+
+def _keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
+    return False  # False: leave the buffer out of the pickle
 
 
 def _error(message: str, cause: BaseException) -> UnpicklableError:
