@@ -33,10 +33,10 @@ from typing import Any
 
 from . import _planner, _scope
 from ._options import Options
-from ._pickling import explain_item, explain_unpicklable, is_wrapper
+from ._pickling import explain_item, explain_unpicklable
 from ._progress import make_progress
 from .backends.base import Backend, Chunk, Job, Outcome
-from .errors import ParloopWarning, WorkerCrashedError, add_note, short_repr
+from .errors import ParloopWarning, WorkerCrashedError, note_item
 
 __all__ = ["run"]
 
@@ -54,11 +54,6 @@ def _length(items: Iterable[Any]) -> int | None:
     except TypeError:
         hint = operator.length_hint(items, -1)
         return hint if hint > 0 else None
-
-
-def _note(exc: BaseException, index: int, item: Any) -> BaseException:
-    add_note(exc, f"parloop: raised by item #{index}: {short_repr(item)}")
-    return exc
 
 
 def _caller(job: Job) -> Callable[[Any], Any]:
@@ -109,7 +104,7 @@ class _Run:
                 return True, call(item)
             except Exception as again:
                 exc = again
-        _note(exc, self.index - 1, item)
+        note_item(exc, self.index - 1, item)
         return False, exc
 
     def serial(self, limit: int | None = None) -> Iterator[list[Any]]:
@@ -342,7 +337,7 @@ class _Flow:
                 self._submit(Chunk(self.run.job, index, [item]))
                 retried += 1
                 continue
-            _note(exc, index, item)
+            note_item(exc, index, item)
             outcome.values[slot] = exc
             if self.run.return_errors:
                 continue
@@ -469,8 +464,3 @@ def _start_method(options: Options) -> str:
         return options.start_method
     from ._cpu import planning_start_method
     return planning_start_method()
-
-
-def unwrap_callable(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """A parloop-decorated function passed to ``pool.map`` runs undecorated."""
-    return fn.__wrapped__ if is_wrapper(fn) else fn  # type: ignore[attr-defined]

@@ -119,6 +119,12 @@ class RemoteTraceback(Exception):
         return "\n\n" + self.text.rstrip() + "\n"
 
 
+def note_item(exc: BaseException, index: int, item: object) -> BaseException:
+    """Name the item that raised ``exc`` in a note; return ``exc``."""
+    add_note(exc, f"parloop: raised by item #{index}: {short_repr(item)}")
+    return exc
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)`` on every supported Python (3.10 lacks it)."""
     adder = getattr(exc, "add_note", None)
