@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from parloop._planner import format_seconds
+
 from .runners import PEERS
 
 RUNNERS = ("loop", "parloop", *PEERS)
 BEST_TARGET = 1.10  # parloop within this factor of the best runner
 CORES_TARGET = 1.10  # ... and of serial / cores on CPU-heavy cells
 TINY_TARGET = 1e-3  # ... and within this many seconds of a plain loop on tiny cells, cold
-
-
-def seconds_text(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} µs"
 
 
 def medians(cell: dict[str, Any], mode: str) -> dict[str, float | None]:
@@ -80,8 +74,8 @@ def ratio_table(cells: list[dict[str, Any]], mode: str) -> list[str]:
             continue
         winner, best = found
         loop = cell["loop"]["median"]
-        per_item = seconds_text(loop / cell["cell"]["items"]) if loop is not None else "?"
-        row = [cell["cell"]["label"], per_item, f"{seconds_text(best)} ({winner})"]
+        per_item = format_seconds(loop / cell["cell"]["items"]) if loop is not None else "?"
+        row = [cell["cell"]["label"], per_item, f"{format_seconds(best)} ({winner})"]
         row += [_ratio_text(cell, mode, name, best) for name in RUNNERS]
         target = ideal(cell)
         row.append(f"{target / best:.2f}" if target is not None else "")
@@ -110,13 +104,13 @@ def verdicts(cells: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 ratio = mine / target
                 found.append({"cell": label, "mode": mode,
                               "target": f"≤ {CORES_TARGET:.2f}x serial/cores",
-                              "measured": f"{ratio_text(ratio)}x ({seconds_text(target)})",
+                              "measured": f"{ratio_text(ratio)}x ({format_seconds(target)})",
                               "met": ratio <= CORES_TARGET})
             loop = cell["loop"]["median"]
             if cell["cell"]["tiny"] and mode == "cold" and loop is not None:
                 extra = mine - loop
                 found.append({"cell": label, "mode": mode, "target": "≤ loop + 1 ms",
-                              "measured": f"loop + {seconds_text(extra)}",
+                              "measured": f"loop + {format_seconds(extra)}",
                               "met": extra <= TINY_TARGET})
     return found
 

@@ -56,12 +56,6 @@ def _length(items: Iterable[Any]) -> int | None:
         return hint if hint > 0 else None
 
 
-def _caller(job: Job) -> Callable[[Any], Any]:
-    if not job.star and not job.args and not job.kwargs:
-        return job.fn
-    return job.call
-
-
 class _Run:
     """The state of one call, from the first item to the plan's last number."""
 
@@ -110,7 +104,7 @@ class _Run:
     def serial(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None) in the caller, in batches:
         1024 items for a list call, or ~20 ms of work when results must flow."""
-        call = _caller(self.job)
+        call = self.job.caller()
         source = self.iterator if limit is None else islice(self.iterator, limit)
         clock = time.perf_counter
         size = 1 if self.responsive else SERIAL_BATCH
@@ -166,7 +160,7 @@ class _Run:
     def probe(self, startup: float, method: str) -> Iterator[list[Any]]:
         """Run items here, timed, until the planner has seen enough."""
         probe = _planner.Probe(self.total, self.workers, startup, method)
-        call = _caller(self.job)
+        call = self.job.caller()
         clock = time.perf_counter
         for item in self.iterator:
             self.index += 1
