@@ -20,7 +20,7 @@ def test_tiny_work_runs_serially_and_says_why() -> None:
     assert fn(range(8)) == [x * x for x in range(8)]
     plan = fn.last_plan
     assert plan is not None and plan.backend == "serial" and plan.workers == 1
-    assert "serial ≈" in plan.reason and "pool start" in plan.reason
+    assert "serial ≈" in plan.reason and "less than any pool costs" in plan.reason
 
 
 @pytest.mark.timeout(60)

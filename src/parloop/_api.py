@@ -41,8 +41,9 @@ def run_list(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
              record: Callable[[Plan], None]) -> list[Any]:
     block = active_block()
     results: list[Any] = []
-    for batch in _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record):
-        results.extend(batch)
+    for _ in _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
+                           sink=results):
+        pass  # with a sink, every result lands in ``results``
     return results
 
 

@@ -26,14 +26,15 @@ import logging
 import operator
 import time
 import warnings
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from itertools import islice
-from typing import Any
+from typing import Any, cast
 
 from . import _planner, _scope
 from ._flow import Flow
 from ._options import Options
 from ._pickling import explain_item, explain_unpicklable
+from ._planner import Plan
 from ._progress import make_progress
 from .backends.base import Job, Outcome
 from .errors import ParloopWarning, WorkerCrashedError, note_item
@@ -46,6 +47,8 @@ logger = logging.getLogger("parloop")
 SERIAL_BATCH = 1024
 RESPONSIVE_SECONDS = 0.02
 SLOWEST = 5  # how many of the slowest items a plan reports
+_SEQUENCES = (list, tuple, range)
+_SEQUENCE_ITERATORS: tuple[type, ...] = (type(iter([])), type(iter(())), type(iter(range(0))))
 
 
 def _length(items: Iterable[Any]) -> int | None:
@@ -61,7 +64,7 @@ class _Run:
 
     def __init__(self, fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
                  kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
-                 eager_errors: bool = True) -> None:
+                 eager_errors: bool = True, sink: list[Any] | None = None) -> None:
         self.options = options
         # A list call raises the first error at once; an ordered iterator
         # first yields the results before the failing item, as a loop would.
@@ -72,18 +75,43 @@ class _Run:
         self.block = block
         self.total = _length(items)
         self.iterator = iter(items)
+        # A list, tuple or range cannot raise while it is read, and item k is
+        # items[k]: the serial loop can then run in one C-level pass.
+        self.sequence = cast(Sequence[Any], items) if type(items) in _SEQUENCES else None
+        # A list call may have serial results added straight to its output.
+        self.sink = sink if not self.responsive else None
         self.index = 0  # of the next item to read from the input
-        self.workers = options.worker_count()
+        self._workers: int | None = None
         # A chunk stops at its first error only when that error ends the call.
         stop_on_error = options.errors == "raise" and options.retries == 0
         self.job = Job(fn, args, kwargs, options.star, stop_on_error, options.timeout)
         self.return_errors = options.errors == "return"
         self.started = time.perf_counter()
-        self.plan = _planner.Plan("serial", 1, None, "")
+        self.plan = Plan("serial", 1, None, "")
         self.first_item: list[Any] = []  # read ahead to check picklability; not yet run
         self.verdict: _planner.Verdict | None = None
         self.unpicklable: BaseException | None = None
         self.slowest: list[tuple[float, int]] = []  # a min-heap: the 5 slowest (seconds, index)
+        self.sizer: _planner.ChunkSizer | None = None
+
+    @property
+    def workers(self) -> int:
+        # Read when first needed: the first read of the CPU limits costs ~0.5 ms,
+        # more than a whole call of tiny work.
+        if self._workers is None:
+            self._workers = self.options.worker_count()
+        return self._workers
+
+    def pool_cost(self) -> _planner.PoolCost:
+        """What a process pool would cost this call (for the planner)."""
+        options = self.options
+        workers = self.workers
+        if _scope.is_warm("process", workers, options, self.block):
+            startup = 0.0
+        else:
+            startup = _planner.startup_estimate(_start_method(options), workers)
+        return _planner.PoolCost(workers, startup,
+                                 options.worker_source() if workers == 1 else "")
 
     # -- serial -----------------------------------------------------------------------
 
@@ -105,6 +133,10 @@ class _Run:
         """Run up to ``limit`` items (all when None) in the caller, in batches:
         1024 items for a list call, or ~20 ms of work when results must flow."""
         call = self.job.caller()
+        if limit is None and self.sink is not None and self.sequence is not None \
+                and type(self.iterator) in _SEQUENCE_ITERATORS:
+            self._serial_into_sink(call, self.sink)
+            return
         source = self.iterator if limit is None else islice(self.iterator, limit)
         clock = time.perf_counter
         size = 1 if self.responsive else SERIAL_BATCH
@@ -130,6 +162,39 @@ class _Run:
                 raise input_error
             if len(chunk) < asked:
                 return
+
+    def _serial_into_sink(self, call: Callable[[Any], Any], sink: list[Any]) -> None:
+        """The rest of a list or tuple, straight into the caller's result list:
+        ``sink.extend(map(call, rest))`` is as fast as a list comprehension.
+        When an item raises, extend has kept the results before it, the
+        iterator stands just past it, and the item is ``sequence[index]``."""
+        sequence = self.sequence
+        assert sequence is not None
+        while True:
+            before = len(sink)
+            try:
+                sink.extend(map(call, self.iterator))
+            except Exception as exc:
+                self.index += len(sink) - before + 1
+                ok, value = self._recover(call, sequence[self.index - 1], exc)
+                if not ok and not self.return_errors:
+                    raise value from value.__cause__
+                sink.append(value)
+                continue
+            ran = len(sink) - before
+            self.index += ran
+            if self.total is not None and self.index < self.total:
+                # map stopped early without an exception: the function raised
+                # StopIteration, which map mistakes for its own end (PEP 479).
+                self.index += 1
+                error = RuntimeError(f"{getattr(call, '__name__', 'the function')} raised "
+                                     "StopIteration")
+                ok, value = self._recover(call, sequence[self.index - 1], error)
+                if not ok and not self.return_errors:
+                    raise value
+                sink.append(value)
+                continue
+            return
 
     def _serial_chunk(self, call: Callable[[Any], Any],
                       chunk: list[Any]) -> tuple[list[Any], BaseException | None]:
@@ -157,10 +222,11 @@ class _Run:
         self.index = start + len(chunk)
         return batch, None
 
-    def probe(self, startup: float, method: str) -> Iterator[list[Any]]:
+    def probe(self) -> Iterator[list[Any]]:
         """Run items here, timed, until the planner has seen enough."""
-        probe = _planner.Probe(self.total, self.workers, startup, method)
+        probe = _planner.Probe(self.total, self.pool_cost)
         call = self.job.caller()
+        sink = self.sink
         clock = time.perf_counter
         for item in self.iterator:
             self.index += 1
@@ -174,12 +240,16 @@ class _Run:
             probe.times.append(clock() - began)
             self._note_time(probe.times[-1], self.index - 1)
             if self.index == 1:
-                probe.measure_transfer(item, result)
-            yield [result]
+                probe.keep_first(item, result)
+            if sink is not None:
+                sink.append(result)
+            else:
+                yield [result]
             if probe.done(self.index):
                 break
         self.verdict = probe.verdict(self.index)
         self.unpicklable = probe.picklable
+        self.plan.per_item = self.verdict.per_item
 
     # -- parallel ---------------------------------------------------------------------
 
@@ -243,12 +313,13 @@ def _unpicklable(state: _Run) -> BaseException | None:
     return error
 
 
-def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator[list[Any]]:
-    """Probe, then choose serial or process; sets ``state.plan``."""
-    method = _start_method(options)
-    warm = _scope.is_warm("process", state.workers, options, block)
-    startup = 0.0 if warm else _planner.startup_estimate(method, state.workers)
-    yield from state.probe(startup, method)
+def _auto(state: _Run) -> Iterator[list[Any]]:
+    """Probe (unless the function's previous call already decides), then
+    choose serial or process; sets ``state.plan``."""
+    state.verdict = _planner.from_history(state.total, _planner.recall(state.job.fn),
+                                          state.pool_cost)
+    if state.verdict is None:
+        yield from state.probe()
     verdict = state.verdict
     assert verdict is not None
     state.plan.backend, state.plan.reason = "serial", verdict.reason
@@ -270,16 +341,20 @@ def _auto(state: _Run, options: Options, block: _scope.Block | None) -> Iterator
 
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
-        record: Callable[[_planner.Plan], None],
-        eager_errors: bool = True) -> Generator[list[Any], None, None]:
-    """Run ``fn`` over ``items``; yield lists of results. See the module docstring."""
-    state = _Run(fn, items, args, kwargs, options, block, eager_errors)
+        record: Callable[[Plan], None], eager_errors: bool = True, sink: list[Any] | None = None
+        ) -> Generator[list[Any], None, None]:
+    """Run ``fn`` over ``items``; yield lists of results, or with ``sink``
+    (a list call), add them to it. See the module docstring."""
+    state = _Run(fn, items, args, kwargs, options, block, eager_errors, sink)
     progress = make_progress(options.progress, state.total, getattr(fn, "__name__", "parloop"))
     try:
         for batch in _execute(state, options, block):
             if progress is not None:
                 progress.update(len(batch))
-            yield batch
+            if sink is not None:
+                sink.extend(batch)
+            else:
+                yield batch
     finally:
         if progress is not None:
             progress.close()
@@ -289,6 +364,12 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         if plan.backend == "serial":
             plan.workers = 1
             plan.caller_seconds = plan.wall_seconds
+            if plan.items:
+                plan.per_item = plan.wall_seconds / plan.items
+        elif state.sizer is not None and state.sizer.per_item is not None:
+            plan.per_item = state.sizer.per_item
+        if plan.per_item is not None:
+            _planner.remember(fn, plan.per_item)
         plan.slowest = sorted(((i, t) for t, i in state.slowest if i >= 0),
                               key=lambda pair: -pair[1])
         if logger.isEnabledFor(logging.DEBUG):
@@ -298,9 +379,9 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
 
 def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Iterator[list[Any]]:
     plan = state.plan
-    plan.backend, plan.reason = _planner.static_choice(options, state.workers, state.total)
+    plan.backend, plan.reason = _planner.static_choice(options, state.total)
     if plan.backend == "auto":
-        yield from _auto(state, options, block)
+        yield from _auto(state)
     elif plan.backend == "process" and _peek(state):
         problem = _unpicklable(state)
         if problem is not None:
@@ -314,8 +395,8 @@ def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Itera
         return
     plan.workers = state.workers
     lease = _scope.lease(plan.backend, state.workers, options, block)
-    sizer = _planner.ChunkSizer(state.workers, options.chunksize,
-                                state.verdict.per_item if state.verdict else None)
+    sizer = state.sizer = _planner.ChunkSizer(state.workers, options.chunksize,
+                                              state.verdict.per_item if state.verdict else None)
     plan.chunksize = sizer.next(None if state.total is None else state.total - state.index)
     yield from state.parallel(lease, sizer)
 

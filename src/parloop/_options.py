@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._cpu import cpu_count
+from ._cpu import cpu_count, cpu_report
 
 if TYPE_CHECKING:
     from ._scope import Block
@@ -49,6 +49,15 @@ class Options:
     def worker_count(self) -> int:
         """``workers`` as a positive count of processes or threads."""
         return resolve_workers(self.workers)
+
+    def worker_source(self) -> str:
+        """Where the worker count comes from, for a plan's reason."""
+        if self.workers is not None:
+            return f"workers={self.workers}"
+        env = os.environ.get("PARLOOP_WORKERS")
+        if env:
+            return f"PARLOOP_WORKERS={env}"
+        return cpu_report().reason
 
 
 NAMES = tuple(f.name for f in fields(Options))

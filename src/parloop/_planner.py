@@ -25,17 +25,21 @@ numbers it rests on.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
 import sys
 import time
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import _cpu, _state
+from . import _state
 from ._options import Options
 
-__all__ = ["ChunkSizer", "Plan", "Probe", "format_seconds", "startup_estimate"]
+__all__ = ["ChunkSizer", "Plan", "PoolCost", "Probe", "Verdict", "format_seconds", "from_history",
+           "startup_estimate"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
@@ -75,6 +79,9 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds * 1e6:.3g} µs"
 
 
+Reason = Callable[[], str]  # a plan's reason is drawn only when someone reads it
+
+
 @dataclass
 class Plan:
     """How a call ran, and why. ``str(plan)`` is one readable line."""
@@ -82,12 +89,25 @@ class Plan:
     backend: str
     workers: int
     chunksize: int | None
-    reason: str
+    why: str | Reason  # see ``reason``
     items: int = 0
     wall_seconds: float = 0.0
     caller_seconds: float = 0.0
     worker_seconds: dict[str, float] = field(default_factory=dict)
     slowest: list[tuple[int, float]] = field(default_factory=list)
+    #: seconds per item as this call measured them (the next call's first guess)
+    per_item: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why the call ran this way, with the numbers the decision rests on."""
+        if not isinstance(self.why, str):
+            self.why = self.why()  # formatted on first read: most reasons are never read
+        return self.why
+
+    @reason.setter
+    def reason(self, value: str | Reason) -> None:
+        self.why = value
 
     def __str__(self) -> str:
         text = f"{self.backend}: {self.reason}"
@@ -122,43 +142,77 @@ def _transfer_seconds(value: Any) -> tuple[float, int]:
 
 
 @dataclass
+class PoolCost:
+    """What a pool would cost this call. Finding out reads the CPU limits and
+    the pool registry (~0.5 ms the first time), so the probe asks only once
+    the work is big enough that a pool might win."""
+
+    workers: int
+    startup: float  # seconds to start it; 0 when a warm pool waits
+    why_workers: str = ""  # where the worker count came from, when it is 1
+
+
+@dataclass
 class Verdict:
     """The probe's conclusion: go parallel after ``serial_more`` more items
     (None: stay serial to the end)."""
 
     serial_more: int | None
-    reason: str
+    reason: Reason
     per_item: float
 
 
 class Probe:
-    """Times the first items run in the caller and decides when it has seen enough."""
+    """Times the first items run in the caller and decides when it has seen enough.
 
-    def __init__(self, total: int | None, workers: int, startup: float, method: str) -> None:
+    ``pool`` is called at most once, and only when the numbers say a pool
+    might pay; ``clock`` is replaceable so tests can feed synthetic costs."""
+
+    def __init__(self, total: int | None, pool: Callable[[], PoolCost],
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         self.total = total
-        self.workers = workers
-        self.startup = startup
-        self.method = method
+        self._pool_cost = pool
+        self._pool: PoolCost | None = None
+        self.clock = clock
         self.times: list[float] = []
-        self.transfer = 0.0
-        self.transfer_bytes = 0
+        self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
+        self._transfer: tuple[float, int] | None = None
         self.picklable: BaseException | None = None
-        self.started = time.perf_counter()
+        self.started = clock()
 
-    def measure_transfer(self, item: Any, result: Any) -> None:
-        """Cost of sending one item and its result (both ways, both sides)."""
-        if self.total is not None and \
-                (self.total - len(self.times)) * self.per_item() < self.startup + LATENCY:
-            return  # no pool can win: do not spend time measuring (a 10 MB item costs ms)
-        try:
-            for _ in range(2):  # the second measure is the warm one
-                seconds_in, size_in = _transfer_seconds(item)
-                seconds_out, size_out = _transfer_seconds(result)
-        except Exception as exc:
-            self.picklable = exc
-            return
-        self.transfer = seconds_in + seconds_out
-        self.transfer_bytes = size_in + size_out
+    @property
+    def pool(self) -> PoolCost:
+        if self._pool is None:
+            self._pool = self._pool_cost()
+        return self._pool
+
+    def keep_first(self, item: Any, result: Any) -> None:
+        """The first item and its result: their transfer cost is measured if it matters."""
+        self._first = (item, result)
+
+    @property
+    def transfer(self) -> float:
+        """Seconds to send one item and its result (both ways, both sides)."""
+        return self._measure()[0]
+
+    @property
+    def transfer_bytes(self) -> int:
+        return self._measure()[1]
+
+    def _measure(self) -> tuple[float, int]:
+        if self._transfer is None:
+            self._transfer = (0.0, 0)
+            if self._first is not None:
+                item, result = self._first
+                self._first = None
+                try:
+                    for _ in range(2):  # the second measure is the warm one
+                        seconds_in, size_in = _transfer_seconds(item)
+                        seconds_out, size_out = _transfer_seconds(result)
+                    self._transfer = (seconds_in + seconds_out, size_in + size_out)
+                except Exception as exc:
+                    self.picklable = exc
+        return self._transfer
 
     def per_item(self) -> float:
         if len(self.times) == 1:
@@ -166,62 +220,136 @@ class Probe:
         rest = sorted(self.times[1:])  # the first call often pays for warm-up
         return rest[len(rest) // 2]
 
+    def _too_small(self, remaining: int) -> bool:
+        """Even a warm pool's fixed cost is more than running the rest here."""
+        return remaining * self.per_item() <= LATENCY * MARGIN
+
     def _throughput(self) -> float:
         """Seconds per item of a busy pool: the workers compute (and unpickle
         and pickle) in parallel; the caller's half of the transfer does not."""
-        return max((self.per_item() + self.transfer / 2) / self.workers, self.transfer / 2)
+        transfer = self.transfer
+        return max((self.per_item() + transfer / 2) / self.pool.workers, transfer / 2)
 
     def _projections(self, remaining: int) -> tuple[float, float]:
-        cost = self.per_item()
-        rounds = math.ceil(remaining / self.workers)  # 3 items on 2 workers take 2 rounds
-        busy = max(rounds * (cost + self.transfer / 2), remaining * self.transfer / 2)
-        return remaining * cost, self.startup + LATENCY + busy
+        return projections(remaining, self.per_item(), self.transfer, self.pool)
 
     def done(self, seen: int) -> bool:
         """After ``seen`` items: is the decision clear, or the budget spent?"""
-        elapsed = time.perf_counter() - self.started
+        elapsed = self.clock() - self.started
         if self.total is None:
             return elapsed >= PROBE_FLOOR
         remaining = self.total - seen
         if remaining <= 0:
             return True
-        serial, parallel = self._projections(remaining)
         # One item may carry first-call costs: a clear win needs three, unless
         # items are heavy enough that waiting for more costs real time.
         enough = seen >= 3 or self.per_item() >= HEAVY_ITEM
-        if enough and (serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial):
+        if not enough:
+            return elapsed >= PROBE_FLOOR
+        if self._too_small(remaining) or self.pool.workers == 1:
+            return True
+        serial, parallel = self._projections(remaining)
+        if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
 
     def verdict(self, seen: int) -> Verdict:
         cost = self.per_item()
-        probe_text = f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}"
+
+        def probed() -> str:
+            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}"
         if self.total is not None:
             remaining = self.total - seen
             if remaining <= 0:
-                return Verdict(None, f"all {seen} items ran while probing "
-                                     f"(~{format_seconds(cost)} each)", cost)
+                return Verdict(None, lambda: f"all {seen} items ran while probing "
+                                             f"(~{format_seconds(cost)} each)", cost)
+            if self._too_small(remaining):
+                return Verdict(None, lambda: (
+                    f"{probed()}; {remaining} left: serial ≈ "
+                    f"{format_seconds(remaining * cost)}, less than any pool costs "
+                    f"(≥ {format_seconds(LATENCY)} even warm, before pool start)"), cost)
+            pool = self.pool
+            if pool.workers == 1:
+                return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
             serial, parallel = self._projections(remaining)
-            numbers = (f"{probe_text}; {remaining} left: serial ≈ {format_seconds(serial)}, "
-                       f"{self.workers} workers ≈ {format_seconds(parallel)} "
-                       f"(pool start ~{format_seconds(self.startup)}, "
-                       f"transfer ~{format_seconds(self.transfer)}/item)")
-            if parallel * MARGIN < serial:
-                return Verdict(0, numbers, cost)
-            return Verdict(None, numbers, cost)
-        # Unknown length: compare throughputs, then rent before buying.
+            transfer = self.transfer
+
+            def numbers() -> str:
+                return (f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
+                        f"{pool.workers} workers ≈ {format_seconds(parallel)} "
+                        f"(pool start ~{format_seconds(pool.startup)}, "
+                        f"transfer ~{format_seconds(transfer)}/item)")
+            return Verdict(0 if parallel * MARGIN < serial else None, numbers, cost)
+        return self._unknown_length(probed, cost)
+
+    def _unknown_length(self, probed: Reason, cost: float) -> Verdict:
+        """Compare throughputs, then rent before buying."""
+        if self.transfer / 2 * MARGIN >= cost:  # the caller's share alone is slower
+            return Verdict(None, lambda: f"{probed()} of unknown count: moving an item to a "
+                                         f"worker costs more than running it here", cost)
+        pool = self.pool
+        if pool.workers == 1:
+            return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
         per_item_parallel = self._throughput()
         if per_item_parallel * MARGIN >= cost:
-            return Verdict(None, f"{probe_text} of unknown count: a pool would not be faster "
-                                 f"per item (~{format_seconds(per_item_parallel)})", cost)
-        more = math.ceil(self.startup / cost) if cost > 0 else 0
-        return Verdict(more, f"{probe_text} of unknown count: a pool is faster per item "
-                             f"(~{format_seconds(per_item_parallel)}); switched after running "
-                             f"~{format_seconds(self.startup)} of items serially "
-                             f"(the pool's start-up cost)", cost)
+            return Verdict(None, lambda: f"{probed()} of unknown count: a pool would not be "
+                                         f"faster per item (~{format_seconds(per_item_parallel)})",
+                           cost)
+        more = math.ceil(pool.startup / cost) if cost > 0 else 0
+        return Verdict(more, lambda: (
+            f"{probed()} of unknown count: a pool is faster per item "
+            f"(~{format_seconds(per_item_parallel)}); switched after running "
+            f"~{format_seconds(pool.startup)} of items serially (the pool's start-up cost)"), cost)
 
 
-def static_choice(options: Options, workers: int, total: int | None) -> tuple[str, str]:
+def projections(remaining: int, cost: float, transfer: float, pool: PoolCost) -> tuple[float, float]:
+    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each."""
+    rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
+    busy = max(rounds * (cost + transfer / 2), remaining * transfer / 2)
+    return remaining * cost, pool.startup + LATENCY + busy
+
+
+_history: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def _history_key(fn: Any) -> Any:
+    return getattr(fn, "__func__", fn)  # a bound method is a new object on every access
+
+
+def remember(fn: Any, per_item: float) -> None:
+    """Keep the seconds per item a call of ``fn`` measured, while ``fn`` lives."""
+    with contextlib.suppress(TypeError):  # not weakly referenceable (a builtin): no history
+        _history[_history_key(fn)] = per_item
+
+
+def recall(fn: Any) -> float | None:
+    try:
+        return _history.get(_history_key(fn))
+    except TypeError:
+        return None
+
+
+def from_history(total: int | None, per_item: float | None, pool: Callable[[], PoolCost]
+                 ) -> Verdict | None:
+    """Skip the probe when the function's previous call measured items heavy
+    enough that a pool clearly wins for this many: every core works from the
+    first item. None: probe as usual. A wrong guess (the items got lighter)
+    costs a few round trips, then the chunk sizer adapts."""
+    if total is None or per_item is None or per_item < HEAVY_ITEM or total < 2:
+        return None
+    cost = pool()
+    if cost.workers == 1:
+        return None
+    serial, parallel = projections(total, per_item, 0.0, cost)
+    if serial <= CLEAR_WIN * parallel:
+        return None
+    return Verdict(0, lambda: (
+        f"no probe: the previous call measured ~{format_seconds(per_item)} per item; "
+        f"{total} items: serial ≈ {format_seconds(serial)}, {cost.workers} workers ≈ "
+        f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
+
+
+def static_choice(options: Options, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
     # multiprocessing not imported yet: this cannot be one of its children.
     mp = sys.modules.get("multiprocessing")
@@ -229,12 +357,12 @@ def static_choice(options: Options, workers: int, total: int | None) -> tuple[st
         return "serial", "already inside a worker process: a pool never starts a pool"
     if options.backend != "auto":
         return options.backend, f"backend={options.backend!r} was asked for"
-    if workers == 1:
-        return "serial", f"1 worker ({_cpu.cpu_report().reason})"
-    if total is not None and total <= 1:
-        return "serial", f"{total} item{'s' * (total != 1)}: nothing to share out"
     if options.timeout is not None:
         return "process", f"timeout={options.timeout:g} s: only a worker process can be stopped"
+    if total is not None and total <= 1:
+        return "serial", f"{total} item{'s' * (total != 1)}: nothing to share out"
+    if options.workers == 1:
+        return "serial", "1 worker (workers=1 was asked for)"
     return "auto", ""
 
 

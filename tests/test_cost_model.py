@@ -1,0 +1,181 @@
+"""The planner's cost model on synthetic costs: a fake clock and made-up item
+times, so each decision is checked exactly, without a real pool or timing noise.
+(``test_planner.py`` checks the same decisions on real runs.)"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from parloop import parallel_for
+from parloop._planner import (
+    HEAVY_ITEM,
+    LATENCY,
+    MARGIN,
+    PROBE_FLOOR,
+    PoolCost,
+    Probe,
+    from_history,
+    projections,
+)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def never_asked() -> PoolCost:
+    raise AssertionError("the pool's cost was asked for, but the work is too small for any pool")
+
+
+def pool(workers: int = 2, startup: float = 0.01) -> PoolCost:
+    return PoolCost(workers, startup, "workers=1" if workers == 1 else "")
+
+
+def feed(probe: Probe, clock: FakeClock, cost: float, up_to: int) -> int:
+    """Run items of ``cost`` seconds until the probe is done (or ``up_to``); items seen."""
+    for seen in range(1, up_to + 1):
+        clock.now += cost
+        probe.times.append(cost)
+        if seen == 1:
+            probe.keep_first(seen, seen)
+        if probe.done(seen):
+            return seen
+    return up_to
+
+
+def test_tiny_items_stay_serial_after_three_without_asking_what_a_pool_costs() -> None:
+    clock = FakeClock()
+    probe = Probe(8, never_asked, clock)
+    seen = feed(probe, clock, 1e-7, 8)
+    assert seen == 3  # one item may carry warm-up costs: three decide
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more is None
+    assert "less than any pool costs" in verdict.reason()
+
+
+def test_heavy_items_decide_after_one_and_go_parallel() -> None:
+    clock = FakeClock()
+    probe = Probe(100, lambda: pool(2, 0.02), clock)
+    seen = feed(probe, clock, 0.01, 100)
+    assert seen == 1  # 10 ms is heavy: waiting for more would cost real time
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more == 0
+    text = verdict.reason()
+    # The numbers it decided on: 99 items of 10 ms serially, two workers with the start-up.
+    serial, parallel = projections(99, 0.01, probe.transfer, pool(2, 0.02))
+    assert serial == pytest.approx(0.99)
+    assert parallel == pytest.approx(0.02 + LATENCY + 50 * (0.01 + probe.transfer / 2))
+    assert "99 left" in text and "serial ≈ 990 ms" in text and "2 workers ≈" in text
+    assert "pool start ~20 ms" in text
+
+
+def test_a_slow_pool_start_keeps_a_short_loop_serial_but_a_warm_pool_takes_it() -> None:
+    cold, warm = FakeClock(), FakeClock()
+    cold_probe = Probe(30, lambda: pool(2, startup=0.1), cold)  # forkserver-like start
+    warm_probe = Probe(30, lambda: pool(2, startup=0.0), warm)
+    assert cold_probe.verdict(feed(cold_probe, cold, 1e-3, 30)).serial_more is None
+    assert warm_probe.verdict(feed(warm_probe, warm, 1e-3, 30)).serial_more == 0
+
+
+def test_one_worker_is_serial_and_names_where_the_count_came_from() -> None:
+    clock = FakeClock()
+    probe = Probe(50, lambda: pool(1), clock)
+    seen = feed(probe, clock, 0.01, 50)
+    assert seen == 1
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more is None and verdict.reason() == "1 worker (workers=1)"
+
+
+def test_a_close_call_keeps_probing_within_its_budget() -> None:
+    # 3 items left of 1 ms on 2 workers, warm: 3 ms serial against 2 ms + 2 rounds.
+    # Neither side wins by the clear-win factor, so the probe runs on, but never
+    # past max(2 ms, 2% of the serial time).
+    clock = FakeClock()
+    probe = Probe(6, lambda: pool(2, 0.0), clock)
+    seen = feed(probe, clock, HEAVY_ITEM, 6)
+    assert clock.now - 100.0 <= max(PROBE_FLOOR, 0.02 * 6 * HEAVY_ITEM) + HEAVY_ITEM
+    assert seen < 6
+
+
+def test_unknown_length_heavy_items_switch_after_paying_for_the_start() -> None:
+    clock = FakeClock()
+    probe = Probe(None, lambda: pool(2, startup=0.05), clock)
+    seen = feed(probe, clock, 0.01, 1000)
+    assert clock.now - 100.0 >= PROBE_FLOOR
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more == 5  # 50 ms of start-up = 5 items of 10 ms run here first
+    assert "unknown count" in verdict.reason() and "start-up cost" in verdict.reason()
+
+
+def test_unknown_length_tiny_items_stay_serial() -> None:
+    clock = FakeClock()
+    probe = Probe(None, lambda: pool(2, 0.0), clock)
+    seen = feed(probe, clock, 1e-7, 10**6)
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more is None and "unknown count" in verdict.reason()
+
+
+def test_the_caller_side_of_a_big_transfer_keeps_cheap_work_serial() -> None:
+    # 10 µs of work on a 10 MB item: moving it costs far more than running it.
+    big = bytes(10**7)
+    clock = FakeClock()
+    probe = Probe(1000, lambda: pool(2, 0.0), clock)
+    for seen in range(1, 1001):
+        clock.now += 1e-5
+        probe.times.append(1e-5)
+        if seen == 1:
+            probe.keep_first(big, 0)
+        if probe.done(seen):
+            break
+    verdict = probe.verdict(seen)
+    assert verdict.serial_more is None
+    assert probe.transfer_bytes >= 10**7
+    assert "transfer ~" in verdict.reason()
+
+
+def test_the_margin_favours_the_loop_when_the_pool_only_just_wins() -> None:
+    cost, workers = 1e-3, 2
+    remaining = 40
+    serial, parallel = projections(remaining, cost, 0.0, pool(workers, 0.0))
+    assert parallel < serial < parallel * MARGIN * 2  # a real but modest win
+    # The verdict goes parallel only when parallel * MARGIN < serial.
+    clock = FakeClock()
+    probe = Probe(remaining + 1, lambda: pool(workers, 0.0), clock)
+    feed(probe, clock, cost, 1)
+    assert (probe.verdict(1).serial_more == 0) == (parallel * MARGIN < serial)
+
+
+def test_history_skips_the_probe_only_for_heavy_items_and_a_known_count() -> None:
+    assert from_history(None, 0.01, lambda: pool()) is None  # a generator: probe
+    assert from_history(100, 1e-6, never_asked) is None  # light: probe
+    assert from_history(100, None, never_asked) is None  # no history
+    assert from_history(2, 0.01, lambda: pool(2, startup=1.0)) is None  # start dominates
+    verdict = from_history(100, 0.01, lambda: pool(2, 0.0))
+    assert verdict is not None and verdict.serial_more == 0
+    assert verdict.reason().startswith("no probe: the previous call measured ~10 ms per item")
+
+
+def _nap(seconds: float) -> float:  # only this test calls it: its history starts empty
+    time.sleep(seconds)
+    return seconds
+
+
+@pytest.mark.timeout(60)
+def test_a_second_call_of_heavy_work_starts_every_worker_at_once() -> None:
+    fn = parallel_for(_nap, workers=2)
+    assert fn([0.02] * 40) == [0.02] * 40
+    first = fn.last_plan
+    assert first is not None and first.backend == "process" and "probed" in first.reason
+    assert first.per_item is not None and first.per_item >= 0.015
+    assert fn([0.02] * 6) == [0.02] * 6
+    second = fn.last_plan
+    assert second is not None and second.backend == "process"
+    assert second.reason.startswith("no probe")
+    # Nothing ran in the caller: the workers did all six items.
+    assert sum(second.worker_seconds.values()) >= 6 * 0.015
