@@ -320,6 +320,27 @@ def test_ctrl_c_stops_the_call_with_one_traceback_and_no_survivors(
 
 
 @pytest.mark.timeout(60)
+def test_ctrl_c_while_the_pool_starts_and_the_caller_runs_an_item() -> None:
+    process, facts = _start_script("interrupted_while_starting.py")
+    everyone: set[int] = set()
+    try:
+        assert facts["caller_busy"] == process.pid
+        time.sleep(0.5)  # the pool's workers, if started, are among the descendants now
+        everyone = _descendants(process.pid)
+        began = time.monotonic()
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=20)
+        took = time.monotonic() - began
+        survivors = _wait_gone(everyone, 5)
+    finally:
+        err = _reap(process, _descendants(process.pid) | everyone)
+    assert took < 5, f"took {took:.1f} s to stop"
+    assert not survivors, f"processes survived the Ctrl-C: {sorted(survivors)}"
+    assert err.count("Traceback (most recent call last)") == 1, err
+    assert err.rstrip().endswith("KeyboardInterrupt"), err
+
+
+@pytest.mark.timeout(60)
 def test_workers_exit_when_their_caller_is_killed(method: str) -> None:
     process, facts = _start_script("orphaned.py", method)
     everyone = _descendants(process.pid)

@@ -24,6 +24,8 @@ import heapq
 import itertools
 import logging
 import operator
+import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -93,6 +95,7 @@ class _Run:
         self.unpicklable: BaseException | None = None
         self.slowest: list[tuple[float, int]] = []  # a min-heap: the 5 slowest (seconds, index)
         self.sizer: _planner.ChunkSizer | None = None
+        self.pool: _planner.PoolCost | None = None  # set once the planner asks
 
     @property
     def workers(self) -> int:
@@ -106,12 +109,15 @@ class _Run:
         """What a process pool would cost this call (for the planner)."""
         options = self.options
         workers = self.workers
-        if _scope.is_warm("process", workers, options, self.block):
-            startup = 0.0
-        else:
-            startup = _planner.startup_estimate(_start_method(options), workers)
-        return _planner.PoolCost(workers, startup,
-                                 options.worker_source() if workers == 1 else "")
+        startup, overlap = 0.0, False
+        if not _scope.is_warm("process", workers, options, self.block):
+            method = _start_method(options)
+            startup = _planner.startup_estimate(method, workers)
+            # Only a pool that does not fork the caller may start from a thread.
+            overlap = method != "fork"
+        self.pool = _planner.PoolCost(workers, startup,
+                                      options.worker_source() if workers == 1 else "", overlap)
+        return self.pool
 
     # -- serial -----------------------------------------------------------------------
 
@@ -394,11 +400,72 @@ def _execute(state: _Run, options: Options, block: _scope.Block | None) -> Itera
         yield from state.serial()
         return
     plan.workers = state.workers
-    lease = _scope.lease(plan.backend, state.workers, options, block)
+    if state.pool is not None and state.pool.overlap:
+        started = yield from _start_while_working(state, block)
+        if started is None:  # the input ran out before the pool was up
+            why = plan.reason
+            plan.backend = "serial"
+            plan.reason = lambda: (f"{why}; the caller ran every item while the pool was "
+                                   "starting (it stays warm for the next call)")
+            return
+        lease = started
+        plan.caller_seconds = time.perf_counter() - state.started
+    else:
+        lease = _scope.lease(plan.backend, state.workers, options, block)
     sizer = state.sizer = _planner.ChunkSizer(state.workers, options.chunksize,
                                               state.verdict.per_item if state.verdict else None)
     plan.chunksize = sizer.next(None if state.total is None else state.total - state.index)
     yield from state.parallel(lease, sizer)
+
+
+def _start_while_working(state: _Run, block: _scope.Block | None
+                         ) -> Generator[list[Any], None, _scope.Lease | None]:
+    """Start the pool in a thread and run items here until it is up, so its
+    start-up (a fork server and fresh workers: ~0.2-0.5 s) costs no time.
+    Only for pools that do not fork the caller: forking from a thread while
+    this one runs user code could copy a lock it holds into the workers.
+    The lease, or None when the input ran out first (the pool stays warm)."""
+    box: dict[str, Any] = {}
+
+    def start() -> None:
+        try:
+            box["lease"] = _scope.lease("process", state.workers, state.options, block)
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    starter = threading.Thread(target=start, name="parloop-pool-start", daemon=True)
+    # The starter needs the GIL for a moment at each of its many steps, and a
+    # CPU-bound caller hands it over only every switch interval (5 ms): make
+    # that 0.5 ms until the pool is up, or the start takes many times longer.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(min(interval, 0.0005))
+    starter.start()
+    if state.first_item:
+        state.iterator = itertools.chain(state.first_item, state.iterator)
+        state.first_item = []
+    per_item = state.verdict.per_item if state.verdict else 0.0
+    batch = max(1, int(RESPONSIVE_SECONDS / 4 / max(per_item, 1e-7)))  # check every ~5 ms
+    more = True
+    try:
+        while more and starter.is_alive():
+            before = state.index
+            yield from state.serial(batch)
+            more = state.index - before == batch
+    except BaseException as exc:
+        starter.join()
+        if "lease" in box:  # killed (Ctrl-C) or merely unused (an item raised)
+            box["lease"].release(not isinstance(exc, (Exception, GeneratorExit)))
+        raise
+    finally:
+        sys.setswitchinterval(interval)
+    starter.join()
+    if "error" in box:
+        raise box["error"]
+    lease: _scope.Lease = box["lease"]
+    if not more and not _peek(state):
+        lease.release()
+        return None
+    return lease
 
 
 def _name(fn: Callable[..., Any]) -> str:

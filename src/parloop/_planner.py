@@ -52,23 +52,40 @@ PIPE_BYTES_PER_SECOND = 1e9  # moving bytes caller -> worker -> caller, copies i
 
 # Seconds to start a pool of n workers, by start method: (fixed, per worker).
 # Updated with what this process actually measures.
+# "forkserver-cold": the fork server itself must start first (a new interpreter
+# that imports the main module and parloop: ~0.2-0.5 s), once per process.
 _STARTUP: dict[str, tuple[float, float]] = {
     "fork": (0.004, 0.004),
-    "forkserver": (0.08, 0.03),
+    "forkserver": (0.005, 0.02),
+    "forkserver-cold": (0.25, 0.02),
     "spawn": (0.05, 0.06),
     "thread": (0.0, 0.0001),
 }
 
 
+def startup_key(method: str) -> str:
+    """``method``, told apart by whether its fork server still has to start."""
+    if method != "forkserver":
+        return method
+    forkserver = sys.modules.get("multiprocessing.forkserver")
+    server = getattr(forkserver, "_forkserver", None)
+    running = getattr(server, "_forkserver_pid", None) is not None
+    return method if running else "forkserver-cold"
+
+
 def startup_estimate(method: str, workers: int) -> float:
-    fixed, per_worker = _STARTUP.get(method, _STARTUP["spawn"])
+    fixed, per_worker = _STARTUP.get(startup_key(method), _STARTUP["spawn"])
     return fixed + per_worker * workers
 
 
-def record_startup(method: str, workers: int, seconds: float) -> None:
-    """Remember a measured start so the next estimate is this machine's."""
-    fixed, _ = _STARTUP.get(method, _STARTUP["spawn"])
-    _STARTUP[method] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
+def record_startup(key: str, workers: int, seconds: float) -> None:
+    """Remember a measured start (``key`` from ``startup_key``, read before
+    the start) so the next estimate is this machine's."""
+    fixed, per_worker = _STARTUP.get(key, _STARTUP["spawn"])
+    if key == "forkserver-cold":  # the server's start is the fixed part
+        _STARTUP[key] = (max(0.0, seconds - per_worker * workers), per_worker)
+    else:
+        _STARTUP[key] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
 
 
 def format_seconds(seconds: float) -> str:
@@ -150,6 +167,9 @@ class PoolCost:
     workers: int
     startup: float  # seconds to start it; 0 when a warm pool waits
     why_workers: str = ""  # where the worker count came from, when it is 1
+    #: the pool starts in the background (forkserver, spawn) while the caller
+    #: goes on running items, so its start-up is not time lost
+    overlap: bool = False
 
 
 @dataclass
@@ -277,7 +297,8 @@ class Probe:
             def numbers() -> str:
                 return (f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
                         f"{pool.workers} workers ≈ {format_seconds(parallel)} "
-                        f"(pool start ~{format_seconds(pool.startup)}, "
+                        f"(pool start ~{format_seconds(pool.startup)}"
+                        f"{', in the background' if pool.overlap else ''}, "
                         f"transfer ~{format_seconds(transfer)}/item)")
             return Verdict(0 if parallel * MARGIN < serial else None, numbers, cost)
         return self._unknown_length(probed, cost)
@@ -295,6 +316,11 @@ class Probe:
             return Verdict(None, lambda: f"{probed()} of unknown count: a pool would not be "
                                          f"faster per item (~{format_seconds(per_item_parallel)})",
                            cost)
+        if pool.overlap:  # the caller keeps running items while the pool starts
+            return Verdict(0, lambda: (
+                f"{probed()} of unknown count: a pool is faster per item "
+                f"(~{format_seconds(per_item_parallel)}); started it in the background "
+                f"(~{format_seconds(pool.startup)}) and kept running items here meanwhile"), cost)
         more = math.ceil(pool.startup / cost) if cost > 0 else 0
         return Verdict(more, lambda: (
             f"{probed()} of unknown count: a pool is faster per item "
@@ -303,10 +329,16 @@ class Probe:
 
 
 def projections(remaining: int, cost: float, transfer: float, pool: PoolCost) -> tuple[float, float]:
-    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each."""
+    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each.
+    With ``pool.overlap`` the caller runs ~startup/cost items while the pool starts."""
+    serial = remaining * cost
+    if pool.overlap and cost > 0:
+        remaining -= min(remaining, int(pool.startup / cost))
+        if remaining == 0:
+            return serial, pool.startup + LATENCY  # all done before the pool is up
     rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
     busy = max(rounds * (cost + transfer / 2), remaining * transfer / 2)
-    return remaining * cost, pool.startup + LATENCY + busy
+    return serial, pool.startup + LATENCY + busy
 
 
 _history: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import _planner
+from . import _cpu, _planner
 from ._options import Options
 from .backends.base import Backend
 from .errors import BackendUnavailableError
@@ -40,10 +40,10 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
             ) from exc
     module = importlib.import_module(f"parloop.backends.{name}")
     started = time.perf_counter()
+    key = _planner.startup_key(options.start_method or _cpu.default_start_method())
     backend: Backend = module.create(workers, options)
     if name == "process":
-        _planner.record_startup(backend.start_method, workers,  # type: ignore[attr-defined]
-                                time.perf_counter() - started)
+        _planner.record_startup(key, workers, time.perf_counter() - started)
     return backend
 
 

@@ -1,0 +1,85 @@
+"""A pool that does not fork the caller (forkserver, spawn) starts in a thread
+while the caller goes on running items: its start-up costs no time.
+Real pools throughout; a test that needs a slow start wraps the real start
+with a delay rather than replacing it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from parloop import _scope, parallel_for
+
+
+def pid_then_sleep(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def _slow_start(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
+    real = _scope.lease
+
+    def lease(*args: Any, **kwargs: Any) -> _scope.Lease:
+        if threading.current_thread().name == "parloop-pool-start":
+            time.sleep(delay)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_scope, "lease", lease)
+
+
+@pytest.mark.timeout(60)
+def test_the_caller_runs_items_while_the_pool_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_start(monkeypatch, 0.3)
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    pids = fn([0.01] * 150)
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "process"
+    assert "in the background" in plan.reason
+    here = pids.count(os.getpid())
+    assert here >= 10  # the probe, then ~0.3 s of items while the pool started
+    assert len(set(pids) - {os.getpid()}) >= 1  # the rest went to workers
+    assert plan.caller_seconds >= 0.3
+    assert not any(t.name == "parloop-pool-start" for t in threading.enumerate())
+
+
+@pytest.mark.timeout(60)
+def test_input_that_ends_while_the_pool_starts_is_a_serial_run_and_the_pool_stays_warm(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_start(monkeypatch, 1.0)
+
+    def items() -> Iterator[float]:  # unknown length: a pool is started at once
+        yield from [0.02] * 10
+
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    assert fn(items()) == [os.getpid()] * 10
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "serial"
+    assert "while the pool was starting" in plan.reason
+    options = {"workers": 2, "start_method": "forkserver"}
+    from parloop._options import resolve
+    assert _scope.is_warm("process", 2, resolve(options, None), None)
+
+
+@pytest.mark.timeout(60)
+def test_an_error_while_the_pool_starts_raises_and_leaves_nothing_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_start(monkeypatch, 0.5)
+    calls = {"n": 0}
+
+    def fails_on_the_fourth(seconds: float) -> float:
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise ValueError("fourth")
+        time.sleep(seconds)
+        return seconds
+
+    fn = parallel_for(fails_on_the_fourth, workers=2, start_method="forkserver")
+    with pytest.raises(ValueError, match="fourth") as caught:
+        fn([0.02] * 100)
+    assert "item #3" in " ".join(getattr(caught.value, "__notes__", []))
+    # The census fixture checks that no thread, process or fd outlives the test.
