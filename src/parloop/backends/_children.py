@@ -112,13 +112,17 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
 
 
 def _preload_in_forkserver() -> None:
-    """Have the fork server import parloop once, before it starts, rather than
-    every worker it forks (about 0.3 s each on a slow machine)."""
+    """Have the fork server import parloop and the main module once, before
+    it starts, rather than every worker it forks (see ``_preload``)."""
     from multiprocessing import forkserver
 
+    from . import _preload
+
     modules = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    if _worker.__name__ not in modules:
-        forkserver.set_forkserver_preload([*modules, _worker.__name__])
+    wanted = [name for name in (_worker.__name__, _preload.__name__) if name not in modules]
+    if wanted:
+        forkserver.set_forkserver_preload([*modules, *wanted])
+    _preload.start_server(forkserver)
 
 
 # -- process-wide hooks ------------------------------------------------------------------
