@@ -216,3 +216,10 @@ def parent_after(delay: float) -> int:
     """Sleep, then say which process started the worker that ran the item."""
     time.sleep(delay)
     return os.getppid()
+
+
+def stop_on(x: int, bad: int = 3) -> int:
+    """Raises StopIteration, which a loop driving it could mistake for its own end."""
+    if x == bad:
+        raise StopIteration(f"item {x}")
+    return x

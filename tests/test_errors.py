@@ -66,3 +66,32 @@ def test_retries_rerun_items_that_raised_a_listed_exception(backend: dict, tmp_p
         os.unlink(tmp_path / marker)
     with pytest.raises(ConnectionError):
         parallel_for(_fail_once, **backend)(items)
+
+
+def _notes(exc: BaseException) -> list[str]:
+    notes: list[str] = []
+    while exc is not None:
+        notes += getattr(exc, "__notes__", [])
+        exc = exc.__cause__  # type: ignore[assignment]
+    return notes
+
+
+@pytest.mark.parametrize("form", ["list", "iter"])
+def test_stop_iteration_from_the_function_is_an_error_not_the_end_of_the_input(
+        backend: dict, form: str) -> None:
+    from helpers import stop_on
+    fn = parallel_for(stop_on, **backend)
+    with pytest.raises(RuntimeError, match="StopIteration") as info:
+        list(fn.iter(range(10))) if form == "iter" else fn(range(10))
+    assert any("item #3" in note for note in _notes(info.value))
+    got = parallel_for(stop_on, errors="return", **backend)(list(range(10)))
+    assert got[:3] == [0, 1, 2] and got[4:] == list(range(4, 10))
+    assert isinstance(got[3], (RuntimeError, StopIteration))
+
+
+def test_stop_iteration_in_the_serial_loop_of_backend_auto() -> None:
+    from helpers import stop_on
+    with pytest.raises(RuntimeError, match="stop_on raised StopIteration") as info:
+        parallel_for(stop_on)([*range(10, 20), 3])
+    assert any("item #10" in note for note in _notes(info.value))
+    assert parallel_for(stop_on, errors="return")(list(range(4, 40)))[-1] == 39

