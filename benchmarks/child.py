@@ -45,7 +45,7 @@ def main(spec: dict[str, Any]) -> None:
         results, info = runner.cold(fn, items)
         seconds = clock() - started
         _check(results, expected_first, len(items))
-        _say("run", seconds=seconds, info=info)
+        _say("run", seconds=seconds, info=info() if callable(info) else info)
     else:
         runner.open(fn, items[: spec["warmup"]])
         _say("ready")
@@ -55,7 +55,7 @@ def main(spec: dict[str, Any]) -> None:
             seconds = clock() - started
             _check(results, expected_first, len(items))
             del results
-            _say("run", seconds=seconds, info=info)
+            _say("run", seconds=seconds, info=info() if callable(info) else info)
         runner.close()
     _say("done")
 

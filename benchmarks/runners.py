@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-Info = dict[str, Any]  # what a run reports besides its time (parloop: its plan)
+# What a run reports besides its time (parloop: its plan), or a callable that
+# returns it, called once the clock has stopped.
+Info = dict[str, Any] | Callable[[], dict[str, Any]]
 
 
 class Runner:
@@ -53,14 +55,14 @@ class ParloopRunner(Runner):
         self._decorated: Any = None
 
     @staticmethod
-    def _plan_info(decorated: Any) -> Info:
+    def _plan_info(decorated: Any) -> dict[str, Any]:
         plan = decorated.last_plan
         return {"backend": plan.backend, "plan": str(plan)} if plan is not None else {}
 
     def cold(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
         decorated = self._parallel_for(fn)
         results = decorated(items)
-        return results, self._plan_info(decorated)
+        return results, lambda: self._plan_info(decorated)  # read after the clock stops
 
     def open(self, fn: Callable[[Any], Any], warmup: list[Any]) -> None:
         # The auto planner may (rightly) keep a short warm-up serial, which
@@ -71,7 +73,7 @@ class ParloopRunner(Runner):
 
     def again(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
         results = self._decorated(items)
-        return results, self._plan_info(self._decorated)
+        return results, lambda: self._plan_info(self._decorated)
 
 
 class PoolRunner(Runner):
