@@ -7,6 +7,7 @@ import pickle
 from typing import Any
 
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
+from . import _shm
 from .base import Chunk, Outcome
 
 __all__ = ["crash_outcome", "decode_done", "rebuild_exception"]
@@ -29,7 +30,7 @@ def rebuild_exception(blob: bytes | None, type_name: str, message: str,
     return exc
 
 
-def decode_done(chunk: Chunk, start: int, blobs: list[bytes | None],
+def decode_done(chunk: Chunk, start: int, blobs: list[Any],
                 errors: dict[int, tuple[bytes | None, str, str, str]], busy: float,
                 worker: str) -> Outcome:
     values: list[Any] = []
@@ -39,7 +40,7 @@ def decode_done(chunk: Chunk, start: int, blobs: list[bytes | None],
             values.append(None)
             continue
         try:
-            values.append(pickle.loads(blob))
+            values.append(_shm.loads(blob))  # big arrays: views of shared memory
         except Exception as exc:
             values.append(None)
             error = RemoteUnpicklingError(

@@ -18,6 +18,7 @@ the moment an item *starts*, and to know which item a dead worker was at.
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 import queue
@@ -32,6 +33,7 @@ import cloudpickle
 
 from .. import _state
 from .._options import block_var
+from . import _shm
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
 PROTOCOL = 5
@@ -55,20 +57,50 @@ def frame(blob: bytes) -> bytes | pickle.PickleBuffer:
     return pickle.PickleBuffer(blob) if len(blob) > LARGE else blob
 
 
+_c_dumps = functools.partial(pickle.dumps, protocol=PROTOCOL)
+_cloud_dumps = functools.partial(cloudpickle.dumps, protocol=PROTOCOL)
+
+
+def pack(value: Any, *dumpers: Callable[..., bytes]) -> bytes | pickle.PickleBuffer | _shm.Packed:
+    """``value`` ready to send: pickled by the first of ``dumpers`` that can
+    (default: the C pickler), its big buffers kept out of band (``_shm``),
+    a big pickle framed. ``_shm.loads`` turns it back into the value."""
+    packed = _shm.dumps(value, *(dumpers or (_c_dumps,)))
+    return frame(packed) if isinstance(packed, bytes) else packed
+
+
 def send(conn: Any, message: tuple[Any, ...]) -> None:
-    """Send ``message``; the values it holds wrapped by ``frame`` follow it raw."""
+    """Send ``message``; the values it holds wrapped by ``frame`` or ``pack``
+    follow it raw, through the pipe or, when big, shared memory (``_shm``)."""
     frames: list[pickle.PickleBuffer] = []
     body = pickle.dumps(message, PROTOCOL, buffer_callback=frames.append)
-    conn.send_bytes(len(frames).to_bytes(4, "little") + body)
-    for buffer in frames:
-        conn.send_bytes(buffer.raw())
+    kinds, fds = _shm.export(conn, frames) if frames else (b"", [])
+    try:
+        conn.send_bytes(len(frames).to_bytes(4, "little") + kinds + body)
+        for kind, buffer in zip(kinds, frames, strict=True):
+            if kind != _shm.MEMFD:
+                conn.send_bytes(buffer.raw())
+        if fds:
+            _shm.send_fds(conn, fds)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def receive(conn: Any) -> Any:
-    """One message sent by ``send``, its frames back in place (as bytes)."""
+    """One message sent by ``send``, its frames back in place: bytes from
+    the pipe, writable views of shared memory (or bytearrays) for buffers."""
     data = conn.recv_bytes()
-    frames = [conn.recv_bytes() for _ in range(int.from_bytes(data[:4], "little"))]
-    return pickle.loads(memoryview(data)[4:], buffers=frames)
+    count = int.from_bytes(data[:4], "little")
+    kinds = data[4:4 + count]
+    frames: list[Any] = [None if kind == _shm.MEMFD else conn.recv_bytes() for kind in kinds]
+    if _shm.MEMFD in kinds:
+        shared = iter(_shm.receive_fds(conn, kinds.count(_shm.MEMFD)))
+        frames = [next(shared) if frame is None else frame for frame in frames]
+    for index, kind in enumerate(kinds):
+        if kind == _shm.WRITABLE:
+            frames[index] = bytearray(frames[index])  # an array from it must stay writable
+    return pickle.loads(memoryview(data)[4 + count:], buffers=frames)
 
 
 def capture(exc: BaseException) -> tuple[bytes | None, str, str, str]:
@@ -135,9 +167,9 @@ class _Runner:
     def job(self, job_id: int) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
                                         bool, bool, float]:
         spec = self.jobs[job_id]
-        if isinstance(spec, bytes):
+        if not isinstance(spec, (tuple, BaseException)):  # still as it arrived: load it once
             try:
-                spec = pickle.loads(spec)
+                spec = _shm.loads(spec)
             except BaseException as exc:
                 spec = exc
             self.jobs[job_id] = spec
@@ -145,17 +177,17 @@ class _Runner:
             raise spec
         return spec  # type: ignore[no-any-return]
 
-    def run(self, job_id: int, start: int, count: int, blob: bytes | None,
+    def run(self, job_id: int, start: int, count: int, blob: Any,
             split: list[Any] | None) -> None:
         try:
             self._run(job_id, start, count, blob, split)
         finally:
             self.mark(IDLE, -1, 0)  # this chunk is fully reported
 
-    def _run(self, job_id: int, start: int, count: int, blob: bytes | None,
+    def _run(self, job_id: int, start: int, count: int, blob: Any,
              split: list[Any] | None) -> None:
         flush_start = start
-        values: list[bytes | pickle.PickleBuffer | None] = []
+        values: list[bytes | pickle.PickleBuffer | _shm.Packed | None] = []
         errors: dict[int, tuple[bytes | None, str, str, str]] = {}
         self.mark(PREPARING, start, job_id)
         try:
@@ -166,7 +198,7 @@ class _Runner:
                        dict.fromkeys(range(count), info), 0.0, True, (0.0, -1)))
             return
         try:
-            items = pickle.loads(blob) if blob is not None else None
+            items = _shm.loads(blob) if blob is not None else None
         except BaseException:
             self.send(("resend", job_id, start))  # the caller sends them one by one
             return
@@ -184,7 +216,7 @@ class _Runner:
                     continue
                 self.mark(PREPARING, start + offset, job_id)
                 try:
-                    item = pickle.loads(data)
+                    item = _shm.loads(data)
                 except BaseException as exc:
                     values.append(None)
                     errors[len(values) - 1] = capture(
@@ -197,7 +229,7 @@ class _Runner:
             try:
                 result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
                 try:
-                    values.append(frame(dump_value(result)))
+                    values.append(pack(result, _c_dumps, _cloud_dumps))
                 except BaseException as exc:
                     values.append(None)
                     errors[len(values) - 1] = capture(
@@ -213,7 +245,10 @@ class _Runner:
                 busy += now - began
                 if now - began > slowest[0]:
                     slowest = (now - began, start + offset)
-            if now - last_flush >= flush_every and offset + 1 < count:
+            # A result with big buffers leaves at once: they are the function's
+            # own arrays, which a later item may overwrite (a reused output).
+            if (now - last_flush >= flush_every or isinstance(values[-1], _shm.Packed)) \
+                    and offset + 1 < count:
                 self.send(("done", job_id, flush_start, values, errors, busy, False, slowest))
                 flush_start += len(values)
                 values, errors, busy, last_flush, slowest = [], {}, 0.0, now, (0.0, -1)

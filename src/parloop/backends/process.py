@@ -31,11 +31,12 @@ worker would keep its own pipe open and outlive a killed caller (see
 
 from __future__ import annotations
 
+import io
 import multiprocessing
 import os
-import pickle
 import threading
 import time
+import weakref
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
@@ -43,7 +44,7 @@ from .. import _cpu, _pickling
 from .._cpu import default_start_method
 from .._options import Options
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from . import _children, _worker
+from . import _children, _shm, _worker
 from ._children import Sent, Worker
 from ._results import crash_outcome, decode_done
 from .base import Backend, Chunk, Job, Outcome
@@ -68,6 +69,8 @@ class ProcessBackend(Backend):
         self._startup_failures = 0
         self._broken: str | None = None
         self._outcomes: list[Outcome] = []
+        # each job pickled once (Job.payload holds bytes only; this may hold shared buffers)
+        self._payloads: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
         self._pool: list[Worker] = []
         self._inherited = False
         _children.track(self)
@@ -105,17 +108,19 @@ class ProcessBackend(Backend):
 
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
-        if job.payload is None:
-            job.payload = _pickling.dumps((job.fn, job.args, job.kwargs, job.star,
-                                           job.stop_on_error, 0.0 if job.timeout else FLUSH_SECONDS))
+        if job not in self._payloads:  # pickled once, sent to each worker that runs the job
+            payload = _worker.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
+                                    0.0 if job.timeout else FLUSH_SECONDS), _dump_job)
+            # A worker may get it later (a replacement): it must see the arguments as they were.
+            self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
         if job.id not in worker.jobs:
-            self._send(worker, ("job", job.id, _worker.frame(job.payload)))
+            self._send(worker, ("job", job.id, self._payloads[job]))
             worker.jobs.add(job.id)
         count = len(chunk.items)
         if not split:
             try:
-                message: tuple[Any, ...] = ("chunk", job.id, chunk.start, count, _worker.frame(
-                    pickle.dumps(chunk.items, _worker.PROTOCOL)))
+                message: tuple[Any, ...] = ("chunk", job.id, chunk.start, count,
+                                            _worker.pack(chunk.items))
             except Exception:
                 split = True
         if split:
@@ -291,12 +296,19 @@ class ProcessBackend(Backend):
         self._lock = threading.RLock()  # another thread may have held it at the fork
 
 
-def _pickled_item(index: int, item: Any) -> tuple[str, bytes | pickle.PickleBuffer]:
+def _pickled_item(index: int, item: Any) -> tuple[str, Any]:
     try:
-        return ("item", _worker.frame(pickle.dumps(item, _worker.PROTOCOL)))
+        return ("item", _worker.pack(item))
     except Exception:
         error = _pickling.explain_item(index, item)
         return ("failed", _worker.dump_value(error))
+
+
+def _dump_job(spec: Any, buffer_callback: Any) -> bytes:
+    # parloop's pickler (functions by reference or value), big buffers out of band
+    stream = io.BytesIO()
+    _pickling._Pickler(stream, protocol=_worker.PROTOCOL, buffer_callback=buffer_callback).dump(spec)
+    return stream.getvalue()
 
 
 def create(workers: int, options: Options) -> ProcessBackend:
