@@ -45,10 +45,14 @@ class Flow:
         self.failure: tuple[int, BaseException] | None = None  # ordered: raise on reaching it
 
     def fill(self) -> None:
-        """Submit chunks until about two per worker are in flight."""
+        """Submit chunks until two per worker are in flight: one running, one
+        queued behind it. A worker's queue is its own (that is how a crash
+        names its item), so any deeper queue would leave one worker busy at
+        the end while another idles; as chunks shrink toward the end, the
+        queued one is small."""
         run = self.run
-        window = 2 * run.workers * max(1, self.sizer.next(None))
-        while not self.exhausted and self.in_flight < window:
+        window = 2 * run.workers
+        while not self.exhausted and len(self.chunks) < window:
             remaining = None if run.total is None else run.total - run.index
             size = self.sizer.next(remaining)
             taken, run.first_item = run.first_item, []
