@@ -68,6 +68,7 @@ FULL: list[Cell] = [
     Cell("8 × x*x (tiny)", "square", 8, tiny=True),
     Cell("10^3 × x*x", "square", 1000),
     Cell("10^6 × x*x", "square", 10**6),
+    _spin(1, 10e-3),
     _spin(10**6, 1e-6),
     _spin(10**5, 10e-6),
     _spin(100, 100e-6),
