@@ -239,14 +239,15 @@ def test_a_worker_killed_holding_a_big_result_fails_that_item_only(method: str) 
 
 
 def _carry(sender: Any, receiver: Any, value: Any) -> Any:
-    """``value`` sent through the transport from one end to the other."""
+    """``value`` sent through the transport from one end to the other (a
+    thread receives, so that a message bigger than the pipe's buffer fits)."""
     received: list[Any] = []
     thread = threading.Thread(target=lambda: received.append(_worker.receive(receiver)))
     thread.start()
     try:
-        _worker.send(sender, ("value", _worker.pack(value)))
+        _worker.send(sender, ("value", _shm.pack(value)))
     finally:
-        thread.join(30)
+        thread.join(10)
     return _shm.loads(received[0][1])
 
 

@@ -20,7 +20,6 @@ or memfd_create failing) the same bytes go through the pipe instead.
 from __future__ import annotations
 
 import array
-import functools
 import mmap
 import os
 import pickle
@@ -33,13 +32,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["ENABLED", "THRESHOLD", "Packed", "dumps", "export", "loads", "receive_fds", "send_fds"]
+__all__ = ["ENABLED", "THRESHOLD", "Packed", "export", "loads", "pack", "receive_fds", "send_fds"]
 
 # Round trip of an ndarray, pipe vs memfd (medians, 2 slow cores): 100 KB
 # 0.5 vs 0.8 ms, 200 KB 1.4 vs 1.1 ms, 1 MB 10 vs 2.7 ms, 10 MB 74 vs 19 ms,
 # 100 MB 730 vs 160 ms. The pipe wins only below ~150 KB.
 THRESHOLD = 256 << 10  # bytes
 ENABLED = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+PROTOCOL = 5
+FRAME = 1 << 20  # bytes
 PIPE, WRITABLE, MEMFD = 0, 1, 2  # how each frame of a message travels
 BATCH = 64  # fds per sendmsg; the kernel takes at most 253
 # Before 3.13 an mmap holds a dup of its fd as long as it lives: mappings
@@ -67,34 +68,49 @@ class Packed:
         return Packed(self.blob, *(bytes(buffer.raw()) for buffer in self.buffers))
 
 
-def dumps(value: Any, *dumpers: Callable[..., bytes]) -> bytes | Packed:
-    """``value`` pickled by the first of ``dumpers`` that can (each is called
-    as ``dump(value, buffer_callback=...)``), buffers of ``THRESHOLD`` bytes or
-    more kept out of band. Raises what the last one raised."""
-    error: Exception | None = None
-    for dump in dumpers:
-        buffers: list[pickle.PickleBuffer] = []
-        try:
-            blob = dump(value, buffer_callback=functools.partial(_keep, buffers) if ENABLED else None)
-        except Exception as exc:
-            error = exc
-            continue
-        return Packed(blob, *buffers) if buffers else blob
-    raise error or ValueError("no dumper given")
-
-
-def _keep(kept: list[pickle.PickleBuffer], buffer: pickle.PickleBuffer) -> bool:
+def pack(value: Any, dump: Callable[..., bytes] | None = None,
+         fallback: Callable[..., bytes] | None = None) -> bytes | pickle.PickleBuffer | Packed:
+    """``value`` ready to send: pickled by ``dump(value, buffer_callback=...)``
+    (default: the C pickler), or by ``fallback`` if that fails, its buffers
+    of ``THRESHOLD`` bytes or more kept out of band. A pickle over ``FRAME``
+    bytes travels as a frame of its own beside its message, not copied into
+    it. ``loads`` turns any of them back into the value."""
+    if type(value) in _PLAIN or not ENABLED:  # the fast path: no buffers to find
+        kept, callback = None, None
+    else:
+        kept = _Kept()
+        callback = kept.keep
     try:
-        if buffer.raw().nbytes < THRESHOLD:
-            return True  # in band
-    except BufferError:  # not contiguous: pickle copies it in band
-        return True
-    kept.append(buffer)
-    return False  # out of band
+        blob = pickle.dumps(value, PROTOCOL, buffer_callback=callback) if dump is None \
+            else dump(value, buffer_callback=callback)
+    except Exception:
+        if fallback is None:
+            raise
+        if kept:
+            kept.clear()
+        blob = fallback(value, buffer_callback=callback)
+    if kept:
+        return Packed(blob, *kept)
+    return pickle.PickleBuffer(blob) if len(blob) > FRAME else blob
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+class _Kept(list[pickle.PickleBuffer]):
+    def keep(self, buffer: pickle.PickleBuffer) -> bool:
+        """buffer_callback: False (out of band, kept here) for a big buffer."""
+        try:
+            if buffer.raw().nbytes < THRESHOLD:
+                return True
+        except BufferError:  # not contiguous: pickle copies it in band
+            return True
+        self.append(buffer)
+        return False
 
 
 def loads(data: Any) -> Any:
-    """The value ``dumps`` made, its big buffers views of shared memory."""
+    """The value ``pack`` made, its big buffers views of shared memory."""
     if isinstance(data, Packed):
         return pickle.loads(data.blob, buffers=data.buffers)
     return pickle.loads(data)
@@ -117,10 +133,10 @@ def export(conn: Any, frames: list[pickle.PickleBuffer]) -> tuple[bytes, list[in
     """How each frame travels (PIPE, WRITABLE or MEMFD), and a new memfd
     holding each MEMFD frame; the caller closes those fds."""
     big = [frame.raw().nbytes >= THRESHOLD for frame in frames]
-    if not any(big):
+    if not ENABLED or not any(big):
         return bytes(len(frames)), []  # all PIPE
     fds: list[int] = []
-    if ENABLED and stat.S_ISSOCK(os.fstat(conn.fileno()).st_mode):
+    if stat.S_ISSOCK(os.fstat(conn.fileno()).st_mode):
         try:
             for frame, is_big in zip(frames, big, strict=True):
                 if is_big:

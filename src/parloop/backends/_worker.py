@@ -37,7 +37,6 @@ from . import _shm
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
 PROTOCOL = 5
-LARGE = 1 << 20  # bytes: a pickled value this big travels as a frame of its own
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
@@ -51,27 +50,12 @@ def dump_value(value: Any) -> bytes:
         return cloudpickle.dumps(value, PROTOCOL)  # type: ignore[no-any-return]
 
 
-def frame(blob: bytes) -> bytes | pickle.PickleBuffer:
-    """A big pickled value travels as a frame of its own beside its message,
-    not copied into it: two fewer copies of a 200 MB argument or result."""
-    return pickle.PickleBuffer(blob) if len(blob) > LARGE else blob
-
-
-_c_dumps = functools.partial(pickle.dumps, protocol=PROTOCOL)
 _cloud_dumps = functools.partial(cloudpickle.dumps, protocol=PROTOCOL)
 
 
-def pack(value: Any, *dumpers: Callable[..., bytes]) -> bytes | pickle.PickleBuffer | _shm.Packed:
-    """``value`` ready to send: pickled by the first of ``dumpers`` that can
-    (default: the C pickler), its big buffers kept out of band (``_shm``),
-    a big pickle framed. ``_shm.loads`` turns it back into the value."""
-    packed = _shm.dumps(value, *(dumpers or (_c_dumps,)))
-    return frame(packed) if isinstance(packed, bytes) else packed
-
-
 def send(conn: Any, message: tuple[Any, ...]) -> None:
-    """Send ``message``; the values it holds wrapped by ``frame`` or ``pack``
-    follow it raw, through the pipe or, when big, shared memory (``_shm``)."""
+    """Send ``message``; the values it holds made by ``_shm.pack`` follow it
+    raw, through the pipe or, when big, through shared memory."""
     frames: list[pickle.PickleBuffer] = []
     body = pickle.dumps(message, PROTOCOL, buffer_callback=frames.append)
     kinds, fds = _shm.export(conn, frames) if frames else (b"", [])
@@ -229,7 +213,7 @@ class _Runner:
             try:
                 result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
                 try:
-                    values.append(pack(result, _c_dumps, _cloud_dumps))
+                    values.append(_shm.pack(result, fallback=_cloud_dumps))
                 except BaseException as exc:
                     values.append(None)
                     errors[len(values) - 1] = capture(

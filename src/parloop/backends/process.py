@@ -15,6 +15,9 @@ How a chunk travels::
        v
     Outcome(job, start, values, errors) --> engine
 
+Big buffers (NumPy arrays, big pickles) travel beside their message through
+anonymous shared memory, not through the pipe (see ``_shm``).
+
 One pipe per worker, so the caller always knows which worker holds which
 items: a crash or a timeout fails only the item that was running. Items the
 dead worker had finished but not yet reported (the last < 50 ms), and items it
@@ -109,7 +112,7 @@ class ProcessBackend(Backend):
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
-            payload = _worker.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
+            payload = _shm.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
                                     0.0 if job.timeout else FLUSH_SECONDS), _dump_job)
             # A worker may get it later (a replacement): it must see the arguments as they were.
             self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
@@ -120,7 +123,7 @@ class ProcessBackend(Backend):
         if not split:
             try:
                 message: tuple[Any, ...] = ("chunk", job.id, chunk.start, count,
-                                            _worker.pack(chunk.items))
+                                            _shm.pack(chunk.items))
             except Exception:
                 split = True
         if split:
@@ -298,7 +301,7 @@ class ProcessBackend(Backend):
 
 def _pickled_item(index: int, item: Any) -> tuple[str, Any]:
     try:
-        return ("item", _worker.pack(item))
+        return ("item", _shm.pack(item))
     except Exception:
         error = _pickling.explain_item(index, item)
         return ("failed", _worker.dump_value(error))
