@@ -187,8 +187,14 @@ class ProcessBackend(Backend):
         try:
             while worker.conn.poll():
                 self._handle(worker, _worker.receive(worker.conn))
-        except (EOFError, OSError):
+        except EOFError:
             pass
+        except OSError:
+            # Dead (its pipe reset), or alive with a message lost half read (no fd
+            # or memory left here for its shared buffers): replace it either way,
+            # so that what it held runs again rather than being waited for.
+            if worker.process.exitcode is None:
+                worker.process.kill()
 
     def _handle(self, worker: Worker, message: tuple[Any, ...]) -> None:
         kind = message[0]
