@@ -8,7 +8,7 @@ import math
 import operator
 
 import pytest
-from helpers import Scaler, add, decorated_square, square
+from helpers import Scaler, add, decorated_square, identity, square
 
 import parloop
 from parloop import Plan, parallel_for
@@ -155,3 +155,10 @@ def test_help_shows_complete_docs() -> None:
         assert word in doc
     with pytest.raises(TypeError):
         parallel_for(square)()  # type: ignore[call-arg]
+
+
+def test_results_of_every_kind_come_back_equal(backend: dict) -> None:
+    # Small plain results travel as they are with their batch, others pickled one by one.
+    items = [0, -1, 2**80, 1.5, float("inf"), 2j, True, None, "", "s", "x" * 10_000, b"b",
+             b"y" * 10_000, (1, "a"), [1, 2], {"k": 1}, frozenset({3})]
+    assert parallel_for(identity, **backend)(items) == items

@@ -8,6 +8,7 @@ from typing import Any
 
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
 from . import _shm
+from ._worker import Pickled
 from .base import Chunk, Outcome
 
 __all__ = ["crash_outcome", "decode_done", "rebuild_exception"]
@@ -33,14 +34,18 @@ def rebuild_exception(blob: bytes | None, type_name: str, message: str,
 def decode_done(chunk: Chunk, start: int, blobs: list[Any],
                 errors: dict[int, tuple[bytes | None, str, str, str]], busy: float,
                 worker: str) -> Outcome:
-    values: list[Any] = []
     failed: dict[int, BaseException] = {}
+    for offset, info in errors.items():
+        failed[start + offset] = rebuild_exception(*info)
+    if Pickled not in map(type, blobs):  # all small plain results: the list as it came
+        return Outcome(chunk.job.id, start, blobs, failed, busy, worker)
+    values: list[Any] = []
     for offset, blob in enumerate(blobs):
-        if blob is None:
-            values.append(None)
+        if type(blob) is not Pickled:  # None (failed) or a small plain result as it is
+            values.append(blob)
             continue
         try:
-            values.append(_shm.loads(blob))  # big arrays: views of shared memory
+            values.append(_shm.loads(blob.data))  # big arrays: views of shared memory
         except Exception as exc:
             values.append(None)
             error = RemoteUnpicklingError(
@@ -48,8 +53,6 @@ def decode_done(chunk: Chunk, start: int, blobs: list[Any],
                 f"{type(exc).__name__}: {exc}")
             error.__cause__ = exc
             failed[start + offset] = error
-    for offset, info in errors.items():
-        failed[start + offset] = rebuild_exception(*info)
     return Outcome(chunk.job.id, start, values, failed, busy, worker)
 
 
