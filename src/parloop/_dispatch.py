@@ -469,8 +469,18 @@ def _start_while_working(state: _Run, block: _scope.Block | None
     per_item = state.verdict.per_item if state.verdict else 0.0
     batch = max(1, int(RESPONSIVE_SECONDS / 4 / max(per_item, 1e-7)))  # check every ~5 ms
     more = True
+    lease: _scope.Lease | None = None
     try:
-        while more and starter.is_alive():
+        while more:
+            if lease is None and not starter.is_alive():
+                starter.join()
+                if "error" in box:
+                    raise box["error"]
+                lease = box["lease"]
+            # Up means a worker has said it is ready: a forkserver or spawn
+            # worker still imports the main module after it has a pid.
+            if lease is not None and lease.backend.started():
+                break
             before = state.index
             yield from state.serial(batch)
             more = state.index - before == batch
@@ -484,7 +494,8 @@ def _start_while_working(state: _Run, block: _scope.Block | None
     starter.join()
     if "error" in box:
         raise box["error"]
-    lease: _scope.Lease = box["lease"]
+    lease = box["lease"]
+    assert lease is not None
     if not more and not _peek(state):
         lease.release()
         return None

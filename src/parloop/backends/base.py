@@ -155,6 +155,11 @@ class Backend(ABC):
     def close(self, *, kill: bool = False) -> None:
         """Release every resource. ``kill``: do not wait for running items."""
 
+    def started(self) -> bool:
+        """Whether work submitted now would start soon: a pool whose workers
+        are still starting says False, so the caller can keep working."""
+        return True
+
     def start_job(self, job: Job) -> None:
         """Called once before the first chunk of ``job`` is submitted;
         subclasses that override it call ``super().start_job(job)``."""

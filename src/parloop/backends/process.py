@@ -132,6 +132,16 @@ class ProcessBackend(Backend):
         worker.inflight.append(Sent(chunk, chunk.start, split))
         self._send(worker, message)
 
+    def started(self) -> bool:
+        """A worker has said it is ready, or one has exited (a failed start:
+        waiting on the pool then reports it)."""
+        with self._lock:
+            for worker in self._pool:
+                if not worker.ready and worker.conn.poll():
+                    self._drain(worker)
+            return self._broken is not None or any(
+                worker.ready or worker.process.exitcode is not None for worker in self._pool)
+
     def cancel(self, job: Job) -> None:
         with self._lock:
             now = time.monotonic()
