@@ -48,7 +48,13 @@ CHUNK_SECONDS = 0.02  # target duration of one chunk: amortises a ~0.1 ms round 
 LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
 MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
-PIPE_BYTES_PER_SECOND = 1e9  # moving bytes caller -> worker -> caller, copies included
+# Moving bytes caller -> worker -> caller, copies included, as measured on the
+# 2-core test machine: through the worker's pipe, or (big buffers and big
+# pickles, on Linux) through shared memory, which also costs a fixed ~0.2 ms
+# per buffer each way (see backends/_shm.py).
+PIPE_BYTES_PER_SECOND = 0.25e9
+SHARED_BYTES_PER_SECOND = 1.3e9
+SHARED_SECONDS_PER_BUFFER = 0.0004
 
 # Seconds to start a pool of n workers, by start method: (fixed, per worker).
 # Updated with what this process actually measures.
@@ -146,16 +152,22 @@ class Plan:
 
 
 def _transfer_seconds(value: Any) -> tuple[float, int]:
-    """Seconds to pickle and unpickle ``value`` plus to move its bytes through
-    a pipe, and its size. Large buffers (NumPy arrays, bytes) are counted by
-    size through protocol 5's buffer_callback instead of being copied."""
+    """Seconds to pickle and unpickle ``value`` plus to move its bytes to a
+    worker process, and its size. Large buffers (NumPy arrays, bytes) are
+    counted by size through protocol 5's buffer_callback, not copied."""
+    from .backends import _shm
+
     buffers: list[pickle.PickleBuffer] = []
     started = time.perf_counter()
     data = pickle.dumps(value, 5, buffer_callback=buffers.append)
     pickle.loads(data, buffers=buffers)
     elapsed = time.perf_counter() - started
-    size = len(data) + sum(buffer.raw().nbytes for buffer in buffers)
-    return elapsed + size / PIPE_BYTES_PER_SECOND, size
+    sizes = [len(data), *(buffer.raw().nbytes for buffer in buffers)]
+    shared = [n for n in sizes if n >= _shm.THRESHOLD] if _shm.ENABLED else []
+    piped = sum(sizes) - sum(shared)
+    elapsed += piped / PIPE_BYTES_PER_SECOND
+    elapsed += sum(shared) / SHARED_BYTES_PER_SECOND + SHARED_SECONDS_PER_BUFFER * len(shared)
+    return elapsed, sum(sizes)
 
 
 @dataclass

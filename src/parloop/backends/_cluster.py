@@ -29,11 +29,13 @@ worker (KilledWorker), so there the first strike sends the item to
 quarantine, where suspects run one at a time, and only a second strike
 condemns it.
 
-Neither engine says when a task starts, so ``timeout=`` is best effort: the
-oldest tasks, one per cluster thread, are taken to be running, and a task
-past ``timeout`` per item (plus COLD_START seconds while workers may still be
-starting) is cancelled and its worker ended (Ray kills it; on Dask it exits
-and its nanny starts another).
+Neither engine says when a task starts, so ``timeout=`` is best effort. For
+a job with a timeout the cluster holds no more tasks than it has threads (the
+rest wait here), so a task sent is taken to be running; one past ``timeout``
+per item (plus COLD_START seconds while workers may still be starting) is
+cancelled and its worker ended (Ray kills it; on Dask it exits and its nanny
+starts another). Without that limit Dask queues a second task on a busy
+worker, and that task would be blamed for the time it waited.
 
 parloop must be importable on the cluster's workers: the task function is
 sent by reference. ``import parloop`` never imports dask or ray; this module
@@ -205,6 +207,7 @@ class ClusterBackend(Backend):
         self._jobs: dict[int, _JobState] = {}
         self._tasks: dict[Any, _Task] = {}  # engine handle -> task, in submission order
         self._quarantine: deque[_Task] = deque()
+        self._waiting: deque[_Task] = deque()  # tasks of timed jobs, until a thread is free
         self._suspect: Any = None  # handle of the quarantined task running now
         self._ready: list[Outcome] = []
         self._slot_count: int | None = None
@@ -240,7 +243,17 @@ class ClusterBackend(Backend):
 
     def submit(self, chunk: Chunk) -> None:
         with self._lock:
-            self._launch_task(_Task(chunk))
+            task = _Task(chunk)
+            if chunk.job.timeout is not None:
+                self._job_state(chunk.job)  # learns how many threads the cluster has
+                if self._waiting or len(self._tasks) >= (self._slot_count or 1):
+                    self._waiting.append(task)
+                    return
+            self._launch_task(task)
+
+    def _launch_waiting(self) -> None:
+        while self._waiting and len(self._tasks) < (self._slot_count or 1):
+            self._resend(self._waiting.popleft())
 
     def _launch_task(self, task: _Task) -> Any:
         chunk = task.chunk
@@ -291,6 +304,7 @@ class ClusterBackend(Backend):
             if mine:
                 self._stop(mine)
             self._quarantine = deque(t for t in self._quarantine if t.chunk.job is not job)
+            self._waiting = deque(t for t in self._waiting if t.chunk.job is not job)
             self._ready = [o for o in self._ready if o.job_id != job.id]
 
     def end_job(self, job: Job) -> None:
@@ -302,6 +316,7 @@ class ClusterBackend(Backend):
         handles, self._tasks = list(self._tasks), {}
         self._jobs.clear()
         self._quarantine.clear()
+        self._waiting.clear()
         self._suspect = None
         self._ready = []
         if handles:
@@ -313,6 +328,7 @@ class ClusterBackend(Backend):
     # -- collecting -----------------------------------------------------------------------
 
     def _poll(self, timeout: float | None) -> list[Outcome]:
+        self._launch_waiting()
         if not self._ready:
             if self._tasks:
                 now = time.monotonic()
@@ -322,6 +338,7 @@ class ClusterBackend(Backend):
                     self._collect(done)
                 self._enforce_deadlines()
                 self._release_suspect()
+                self._launch_waiting()
             elif timeout:
                 time.sleep(timeout)
         ready, self._ready = self._ready, []
