@@ -83,3 +83,25 @@ def test_an_error_while_the_pool_starts_raises_and_leaves_nothing_behind(
         fn([0.02] * 100)
     assert "item #3" in " ".join(getattr(caught.value, "__notes__", []))
     # The census fixture checks that no thread, process or fd outlives the test.
+
+
+@pytest.mark.timeout(60)
+def test_two_calls_starting_pools_at_once_leave_the_switch_interval_as_it_was(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    _slow_start(monkeypatch, 0.3)
+    original = sys.getswitchinterval()
+    results: list[list[int]] = []
+
+    def one_call(workers: int) -> None:
+        # Different worker counts: two pools, each started by its own call.
+        fn = parallel_for(pid_then_sleep, workers=workers, start_method="forkserver")
+        results.append(fn([0.01] * 60))
+
+    threads = [threading.Thread(target=one_call, args=(n,)) for n in (2, 3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(50)
+    assert [len(r) for r in results] == [60, 60]
+    assert sys.getswitchinterval() == original

@@ -457,11 +457,7 @@ def _start_while_working(state: _Run, block: _scope.Block | None
             box["error"] = exc
 
     starter = threading.Thread(target=start, name="parloop-pool-start", daemon=True)
-    # The starter needs the GIL for a moment at each of its many steps, and a
-    # CPU-bound caller hands it over only every switch interval (5 ms): make
-    # that 0.5 ms until the pool is up, or the start takes many times longer.
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(min(interval, 0.0005))
+    _switch_often(True)
     starter.start()
     if state.first_item:
         state.iterator = itertools.chain(state.first_item, state.iterator)
@@ -490,7 +486,7 @@ def _start_while_working(state: _Run, block: _scope.Block | None
             box["lease"].release(not isinstance(exc, (Exception, GeneratorExit)))
         raise
     finally:
-        sys.setswitchinterval(interval)
+        _switch_often(False)
     starter.join()
     if "error" in box:
         raise box["error"]
@@ -500,6 +496,26 @@ def _start_while_working(state: _Run, block: _scope.Block | None
         lease.release()
         return None
     return lease
+
+
+_switching_lock = threading.Lock()
+_switching: list[float] = []  # the interval to restore, once per caller that lowered it
+
+
+def _switch_often(on: bool) -> None:
+    """A pool's starter thread needs the GIL for a moment at each of its many
+    steps, and a CPU-bound caller hands it over only every switch interval
+    (5 ms): 0.5 ms while any pool starts, or the start takes many times longer.
+    Counted, so that calls starting pools at once restore the user's value."""
+    with _switching_lock:
+        if on:
+            _switching.append(sys.getswitchinterval())
+            sys.setswitchinterval(min(_switching[0], 0.0005))
+        else:
+            original = _switching[0]
+            _switching.pop()
+            if not _switching:
+                sys.setswitchinterval(original)
 
 
 def _name(fn: Callable[..., Any]) -> str:
