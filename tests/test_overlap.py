@@ -105,3 +105,16 @@ def test_two_calls_starting_pools_at_once_leave_the_switch_interval_as_it_was(
         thread.join(50)
     assert [len(r) for r in results] == [60, 60]
     assert sys.getswitchinterval() == original
+
+
+@pytest.mark.timeout(60)
+def test_an_item_longer_than_the_start_waits_for_the_pool_instead_of_running_here() -> None:
+    # 1 s items: the pool (well under 1 s to start) must get items 1 and 2 at
+    # once, rather than the caller starting item 1 and the pool idling behind it.
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    started = time.monotonic()
+    pids = fn([1.0] * 3)
+    took = time.monotonic() - started
+    assert pids.count(os.getpid()) == 1  # the probe's item only
+    assert len(set(pids)) == 3
+    assert took < 2.9  # 1 s probe + 1 s in parallel (+ the start), not 3 s serial

@@ -39,7 +39,7 @@ from ._pickling import explain_item, explain_unpicklable
 from ._planner import Plan
 from ._progress import make_progress
 from .backends.base import Job, Outcome
-from .errors import ParloopWarning, WorkerCrashedError, note_item
+from .errors import ParloopWarning, WorkerCrashedError, note_item, stop_iteration_error
 
 __all__ = ["run"]
 
@@ -240,6 +240,8 @@ class _Run:
             try:
                 result = call(item)
             except Exception as exc:
+                if isinstance(exc, StopIteration):
+                    exc = _stop_iteration(call, exc)
                 ok, result = self._recover(call, item, exc)
                 if not ok and not self.return_errors:
                     raise result from result.__cause__
@@ -317,10 +319,7 @@ _run_into = _run_by_loop if sys.version_info >= (3, 11) else _run_by_map
 
 
 def _stop_iteration(call: Callable[[Any], Any], cause: BaseException | None) -> RuntimeError:
-    """StopIteration from the function would read as the end of the input (PEP 479)."""
-    error = RuntimeError(f"{getattr(call, '__name__', 'the function')} raised StopIteration")
-    error.__cause__ = cause
-    return error
+    return stop_iteration_error(getattr(call, "__name__", "the function"), cause)
 
 
 def _peek(state: _Run) -> bool:
@@ -447,6 +446,8 @@ def _start_while_working(state: _Run, block: _scope.Block | None
     start-up (a fork server and fresh workers: ~0.2-0.5 s) costs no time.
     Only for pools that do not fork the caller: forking from a thread while
     this one runs user code could copy a lock it holds into the workers.
+    An item expected to outlast the rest of the start is not begun here: the
+    caller waits for the pool instead, which would otherwise idle.
     The lease, or None when the input ran out first (the pool stays warm)."""
     box: dict[str, Any] = {}
 
@@ -456,46 +457,49 @@ def _start_while_working(state: _Run, block: _scope.Block | None
         except BaseException as exc:  # handed to the caller below
             box["error"] = exc
 
+    _scope.prepare("process", state.options)  # what must happen in this thread first
     starter = threading.Thread(target=start, name="parloop-pool-start", daemon=True)
-    _switch_often(True)
-    starter.start()
     if state.first_item:
         state.iterator = itertools.chain(state.first_item, state.iterator)
         state.first_item = []
     per_item = state.verdict.per_item if state.verdict else 0.0
     batch = max(1, int(RESPONSIVE_SECONDS / 4 / max(per_item, 1e-7)))  # check every ~5 ms
+    expected = state.pool.startup if state.pool is not None else 0.0
     more = True
-    lease: _scope.Lease | None = None
+    _switch_often(True)
     try:
+        began = time.perf_counter()
+        starter.start()
         while more:
-            if lease is None and not starter.is_alive():
-                starter.join()
-                if "error" in box:
-                    raise box["error"]
-                lease = box["lease"]
-            # Up means a worker has said it is ready: a forkserver or spawn
-            # worker still imports the main module after it has a pid.
-            if lease is not None and lease.backend.started():
+            if not starter.is_alive() and "lease" in box and box["lease"].backend.started():
+                break  # up: a worker has said it is ready (a forkserver or spawn
+                # worker still imports the main module after it has a pid)
+            if "error" in box:
                 break
+            elapsed = time.perf_counter() - began
+            # Left of the start: the estimate, or (past it) half again what it took so far.
+            if per_item > max(expected - elapsed, elapsed / 2):
+                time.sleep(0.002)
+                continue
             before = state.index
             yield from state.serial(batch)
             more = state.index - before == batch
-    except BaseException as exc:
         starter.join()
+        if "error" in box:
+            raise box["error"]
+        lease: _scope.Lease = box["lease"]
+        if not more and not _peek(state):
+            lease.release()
+            return None
+        return lease
+    except BaseException as exc:
+        if starter.is_alive() or starter.ident is not None:
+            starter.join()
         if "lease" in box:  # killed (Ctrl-C) or merely unused (an item raised)
             box["lease"].release(not isinstance(exc, (Exception, GeneratorExit)))
         raise
     finally:
         _switch_often(False)
-    starter.join()
-    if "error" in box:
-        raise box["error"]
-    lease = box["lease"]
-    assert lease is not None
-    if not more and not _peek(state):
-        lease.release()
-        return None
-    return lease
 
 
 _switching_lock = threading.Lock()

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _planner
 from .backends.base import Backend, Chunk, Outcome
-from .errors import note_item
+from .errors import note_item, stop_iteration_error
 
 if TYPE_CHECKING:
     from ._dispatch import _Run
@@ -119,6 +119,9 @@ class Flow:
         retried = 0
         for index, exc in sorted(outcome.errors.items()):
             item = items[index - chunk_start]
+            if isinstance(exc, StopIteration):  # raised by the function in a worker
+                exc = stop_iteration_error(getattr(self.run.job.fn, "__name__", "the function"),
+                                           exc)
             slot = index - outcome.start
             if self.run._retryable(exc, self.attempts.get(index, 0)):
                 self.attempts[index] = self.attempts.get(index, 0) + 1

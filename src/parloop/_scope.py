@@ -47,6 +47,15 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
     return backend
 
 
+def prepare(name: str, options: Options) -> None:
+    """What must happen in the caller's own thread before a backend starts in
+    another one (a backend module may define ``prepare(options)``)."""
+    module = importlib.import_module(f"parloop.backends.{name}")
+    hook = getattr(module, "prepare", None)
+    if hook is not None:
+        hook(options)
+
+
 def _key(name: str, workers: int, options: Options) -> tuple[Any, ...]:
     if name == "process":
         # With start_method=None the pool picks fork or forkserver per worker

@@ -125,6 +125,14 @@ def note_item(exc: BaseException, index: int, item: object) -> BaseException:
     return exc
 
 
+def stop_iteration_error(name: str, cause: BaseException | None) -> RuntimeError:
+    """The function ``name`` raised StopIteration: a RuntimeError, because a
+    StopIteration would read as the end of the input to the loop around it (PEP 479)."""
+    error = RuntimeError(f"{name} raised StopIteration")
+    error.__cause__ = cause
+    return error
+
+
 def add_note(exc: BaseException, note: str) -> None:
     """``exc.add_note(note)`` on every supported Python (3.10 lacks it)."""
     adder = getattr(exc, "add_note", None)

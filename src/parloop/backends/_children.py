@@ -65,7 +65,7 @@ class Worker:
 def start(context: Any, threads: int, idle_timeout: float) -> Worker:
     """A new worker process started by ``context`` (a multiprocessing context)."""
     if context.get_start_method() == "forkserver":
-        _preload_in_forkserver()
+        prepare_forkserver()
     ours, theirs = context.Pipe(duplex=True)
     _caller_ends.add(ours)
     status = context.RawArray("d", 3)
@@ -111,7 +111,7 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
             f"({short_repr(item)}). A new worker has replaced it")
 
 
-def _preload_in_forkserver() -> None:
+def prepare_forkserver() -> None:
     """Have the fork server import parloop and the main module once, before
     it starts, rather than every worker it forks (see ``_preload``)."""
     from multiprocessing import forkserver

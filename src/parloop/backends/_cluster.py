@@ -64,14 +64,14 @@ import cloudpickle
 from .. import _pickling, _state
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
 from ._results import crash_outcome, decode_done
-from ._worker import _unpickle_error, capture, dump_value
+from ._worker import Pickled, _unpickle_error, capture, dump_value
 from .base import Backend, Chunk, Job, Outcome
 
 __all__ = ["ClusterBackend", "run_chunk_remote"]
 
 Captured = tuple[bytes | None, str, str, str]
 #: what a remote task returns; None: the items did not unpickle as one list
-Reply = tuple[list[bytes | None], dict[int, Captured], float, str, tuple[float, int]] | None
+Reply = tuple[list[Pickled | None], dict[int, Captured], float, str, tuple[float, int]] | None
 
 TIMEOUT_GRACE = 0.25  # seconds a chunk may overrun timeout * items: scheduling noise
 COLD_START = 5.0  # more seconds while a worker may still be starting, or loading the job
@@ -132,7 +132,7 @@ def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any)
             packed = pickle.loads(packed)
         except BaseException:
             return None  # the caller resends them one by one
-    values: list[bytes | None] = []
+    values: list[Pickled | None] = []
     errors: dict[int, Captured] = {}
     clock = time.perf_counter
     busy, slowest = 0.0, (0.0, -1)
@@ -146,7 +146,7 @@ def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any)
         try:
             result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
             try:
-                values.append(dump_value(result))
+                values.append(Pickled(dump_value(result)))  # decoded one by one
             except BaseException as exc:
                 values.append(None)
                 errors[offset] = capture(_unpickle_error("result", start + offset, exc, True))
@@ -272,6 +272,9 @@ class ClusterBackend(Backend):
         return handle
 
     def _resend(self, task: _Task) -> None:
+        if task.chunk.job.timeout is not None and len(self._tasks) >= (self._slot_count or 1):
+            self._waiting.append(task)  # see submit
+            return
         try:
             self._launch_task(task)
         except Exception as exc:  # e.g. no worker came back to hold the job's data

@@ -18,6 +18,11 @@ the way each worker would have (as ``__mp_main__``, so its
 server then finds it already in place and skips the import. If the import
 fails here, nothing is lost: each worker imports it itself, as before, and
 reports any error the usual way.
+
+What the main module does at import then happens in the server, once, and
+the workers inherit it: a module that starts threads or initialises a GPU at
+import hands that state to every worker, as CPython 3.14's own (working)
+preload does. ``PARLOOP_PRELOAD_MAIN=0`` turns this off.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ from typing import Any
 __all__ = ["start_server"]
 
 _ENV = "PARLOOP_FORKSERVER_MAIN"
+_OFF = "PARLOOP_PRELOAD_MAIN"  # "0": workers import the main module themselves, as before
+_MAX_ENV = 64 << 10  # bytes; Linux caps one environment string at 128 KiB
 
 
 def start_server(forkserver: Any) -> None:
@@ -41,14 +48,15 @@ def start_server(forkserver: Any) -> None:
 
     data = spawn.get_preparation_data("parloop")
     main: dict[str, Any] = {key: data[key] for key in ("init_main_from_path", "init_main_from_name")
-            if key in data}
-    if not main:
-        forkserver.ensure_running()
+                            if key in data}
+    main.update(sys_path=data.get("sys_path", sys.path), sys_argv=data.get("sys_argv", sys.argv),
+                parent=os.getpid())
+    spec = json.dumps(main)
+    if os.environ.get(_OFF) == "0" or len(main) == 3 or len(spec) > _MAX_ENV:
+        forkserver.ensure_running()  # no main module to preload, or not this way
         return
-    main["sys_path"] = data.get("sys_path", sys.path)
-    main["sys_argv"] = data.get("sys_argv", sys.argv)
     previous = os.environ.get(_ENV)
-    os.environ[_ENV] = json.dumps(main)
+    os.environ[_ENV] = spec
     try:
         forkserver.ensure_running()
     finally:
@@ -65,6 +73,8 @@ def _import_main_here() -> None:
     from multiprocessing import process, spawn
 
     main = json.loads(spec)
+    if main["parent"] != os.getppid():
+        return  # inherited by some other process, not a fork server parloop started
     sys.path[:] = main["sys_path"]
     sys.argv[:] = main["sys_argv"]  # a script may read its arguments at import
     me = process.current_process()

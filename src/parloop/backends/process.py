@@ -330,5 +330,13 @@ def _dump_job(spec: Any, buffer_callback: Any) -> bytes:
     return stream.getvalue()
 
 
+def prepare(options: Options) -> None:
+    """Before a pool starts in a background thread: a fork server must be
+    started from the caller's own thread (it briefly sets an environment
+    variable, which another thread must not do while this one runs)."""
+    if (options.start_method or default_start_method()) == "forkserver":
+        _children.prepare_forkserver()
+
+
 def create(workers: int, options: Options) -> ProcessBackend:
     return ProcessBackend(workers, options.start_method)
