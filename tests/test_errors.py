@@ -95,3 +95,9 @@ def test_stop_iteration_in_the_serial_loop_of_backend_auto() -> None:
         parallel_for(stop_on)([*range(10, 20), 3])
     assert any("item #10" in note for note in _notes(info.value))
     assert parallel_for(stop_on, errors="return")(list(range(4, 40)))[-1] == 39
+
+
+def test_stop_iteration_names_the_function_when_extra_arguments_are_passed(backend: dict) -> None:
+    from helpers import stop_on
+    with pytest.raises(RuntimeError, match="^stop_on raised StopIteration"):
+        parallel_for(stop_on, **backend)(list(range(10)), 5)

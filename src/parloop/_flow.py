@@ -120,8 +120,7 @@ class Flow:
         for index, exc in sorted(outcome.errors.items()):
             item = items[index - chunk_start]
             if isinstance(exc, StopIteration):  # raised by the function in a worker
-                exc = stop_iteration_error(getattr(self.run.job.fn, "__name__", "the function"),
-                                           exc)
+                exc = stop_iteration_error(self.run.job.fn, exc)
             slot = index - outcome.start
             if self.run._retryable(exc, self.attempts.get(index, 0)):
                 self.attempts[index] = self.attempts.get(index, 0) + 1

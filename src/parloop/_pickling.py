@@ -97,11 +97,12 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
         return super().reducer_override(obj)
 
 
-def dumps(obj: Any) -> bytes:
+def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
     """Pickle functions and their arguments: by reference where possible,
-    by value otherwise, unwrapping parloop wrappers."""
+    by value otherwise, unwrapping parloop wrappers. ``buffer_callback`` as
+    for ``pickle.dumps`` (protocol 5 buffers kept out of band)."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    _Pickler(buffer, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return buffer.getvalue()
 
 

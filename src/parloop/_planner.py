@@ -252,18 +252,16 @@ class Probe:
         rest = sorted(self.times[1:])  # the first call often pays for warm-up
         return rest[len(rest) // 2]
 
-    def _too_small(self, remaining: int) -> bool:
+    @staticmethod
+    def _too_small(remaining: int, cost: float) -> bool:
         """Even a warm pool's fixed cost is more than running the rest here."""
-        return remaining * self.per_item() <= LATENCY * MARGIN
+        return remaining * cost <= LATENCY * MARGIN
 
     def _throughput(self) -> float:
         """Seconds per item of a busy pool: the workers compute (and unpickle
         and pickle) in parallel; the caller's half of the transfer does not."""
         transfer = self.transfer
         return max((self.per_item() + transfer / 2) / self.pool.workers, transfer / 2)
-
-    def _projections(self, remaining: int) -> tuple[float, float]:
-        return projections(remaining, self.per_item(), self.transfer, self.pool)
 
     def done(self, seen: int) -> bool:
         """After ``seen`` items: is the decision clear, or the budget spent?"""
@@ -275,12 +273,12 @@ class Probe:
             return True
         # One item may carry first-call costs: a clear win needs three, unless
         # items are heavy enough that waiting for more costs real time.
-        enough = seen >= 3 or self.per_item() >= HEAVY_ITEM
-        if not enough:
+        cost = self.per_item()
+        if seen < 3 and cost < HEAVY_ITEM:
             return elapsed >= PROBE_FLOOR
-        if self._too_small(remaining) or self.pool.workers == 1:
+        if self._too_small(remaining, cost) or self.pool.workers == 1:
             return True
-        serial, parallel = self._projections(remaining)
+        serial, parallel = projections(remaining, cost, self.transfer, self.pool)
         if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
@@ -295,7 +293,7 @@ class Probe:
             if remaining <= 0:
                 return Verdict(None, lambda: f"all {seen} items ran while probing "
                                              f"(~{format_seconds(cost)} each)", cost)
-            if self._too_small(remaining):
+            if self._too_small(remaining, cost):
                 return Verdict(None, lambda: (
                     f"{probed()}; {remaining} left: serial ≈ "
                     f"{format_seconds(remaining * cost)}, less than any pool costs "
@@ -303,8 +301,8 @@ class Probe:
             pool = self.pool
             if pool.workers == 1:
                 return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
-            serial, parallel = self._projections(remaining)
             transfer = self.transfer
+            serial, parallel = projections(remaining, cost, transfer, pool)
 
             def numbers() -> str:
                 return (f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "

@@ -125,10 +125,10 @@ def note_item(exc: BaseException, index: int, item: object) -> BaseException:
     return exc
 
 
-def stop_iteration_error(name: str, cause: BaseException | None) -> RuntimeError:
-    """The function ``name`` raised StopIteration: a RuntimeError, because a
-    StopIteration would read as the end of the input to the loop around it (PEP 479)."""
-    error = RuntimeError(f"{name} raised StopIteration")
+def stop_iteration_error(fn: object, cause: BaseException | None) -> RuntimeError:
+    """``fn`` raised StopIteration: a RuntimeError, because a StopIteration
+    would read as the end of the input to the loop around it (PEP 479)."""
+    error = RuntimeError(f"{getattr(fn, '__name__', 'the function')} raised StopIteration")
     error.__cause__ = cause
     return error
 

@@ -50,8 +50,6 @@ class Job:
     stop_on_error: bool = True
     timeout: float | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
-    #: filled by backends that pickle the job once and reuse the bytes
-    payload: bytes | None = None
 
     def call(self, item: Any) -> Any:
         if self.star:

@@ -34,7 +34,6 @@ worker would keep its own pipe open and outlive a killed caller (see
 
 from __future__ import annotations
 
-import io
 import multiprocessing
 import os
 import threading
@@ -72,7 +71,7 @@ class ProcessBackend(Backend):
         self._startup_failures = 0
         self._broken: str | None = None
         self._outcomes: list[Outcome] = []
-        # each job pickled once (Job.payload holds bytes only; this may hold shared buffers)
+        # each job pickled once, big buffers out of band (see _assign)
         self._payloads: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
         self._pool: list[Worker] = []
         self._inherited = False
@@ -113,7 +112,7 @@ class ProcessBackend(Backend):
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
             payload = _shm.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                                    0.0 if job.timeout else FLUSH_SECONDS), _dump_job)
+                                    0.0 if job.timeout else FLUSH_SECONDS), _pickling.dumps)
             # A worker may get it later (a replacement): it must see the arguments as they were.
             self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
         if job.id not in worker.jobs:
@@ -321,13 +320,6 @@ def _pickled_item(index: int, item: Any) -> tuple[str, Any]:
     except Exception:
         error = _pickling.explain_item(index, item)
         return ("failed", _worker.dump_value(error))
-
-
-def _dump_job(spec: Any, buffer_callback: Any) -> bytes:
-    # parloop's pickler (functions by reference or value), big buffers out of band
-    stream = io.BytesIO()
-    _pickling._Pickler(stream, protocol=_worker.PROTOCOL, buffer_callback=buffer_callback).dump(spec)
-    return stream.getvalue()
 
 
 def prepare(options: Options) -> None:
