@@ -99,5 +99,5 @@ def test_stop_iteration_in_the_serial_loop_of_backend_auto() -> None:
 
 def test_stop_iteration_names_the_function_when_extra_arguments_are_passed(backend: dict) -> None:
     from helpers import stop_on
-    with pytest.raises(RuntimeError, match="^stop_on raised StopIteration"):
+    with pytest.raises(RuntimeError, match=r"^stop_on raised StopIteration"):
         parallel_for(stop_on, **backend)(list(range(10)), 5)
