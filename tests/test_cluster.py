@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,28 @@ class Engine:
         free = self.handle.available_resources().get("CPU", 0)
         return "" if free == 2 else f"only {free} of 2 CPUs free"
 
+    def diagnosis(self) -> str:
+        """What the engine says it holds, for a failed census."""
+        if self.name != "ray":
+            return ""
+        # The raylet's own dump (every 10 s): granted and waiting leases.
+        path = Path(self.handle._private.worker._global_node.get_logs_dir_path(), "debug_state.txt")
+        try:
+            return "\nray's debug_state.txt:\n" + "".join(path.read_text().splitlines(True)[:40])
+        except OSError as exc:
+            return f"\n(no debug_state.txt: {exc})"
+
 
 _engines: dict[str, Engine] = {}
+
+# How long an engine may take to free what a finished test used. Ray frees
+# the CPU of a cancelled task asynchronously. Once, in CI under load, both CPUs
+# still showed as taken 15 s after a test whose remaining tasks were cancelled;
+# ~60 repeats here did not reproduce it. A task parloop really left running
+# holds its CPU for good and still fails; a slow release only warns. Kept
+# under the tests' 60 s timeout, which covers this teardown too.
+RELEASE_SECONDS = 40
+SLOW_RELEASE_SECONDS = 5
 
 
 def _start_dask() -> Engine:
@@ -96,10 +117,15 @@ def census() -> Iterator[None]:
     yield
     _scope.warm_pools.close_all()
     for engine in _engines.values():
-        deadline = time.monotonic() + 15
-        while engine.busy() and time.monotonic() < deadline:
+        began = time.monotonic()
+        while engine.busy() and time.monotonic() < began + RELEASE_SECONDS:
             time.sleep(0.1)
-        assert not engine.busy(), f"parloop left work on {engine.name}: {engine.busy()}"
+        assert not engine.busy(), (f"parloop left work on {engine.name}: {engine.busy()}"
+                                   f"{engine.diagnosis()}")
+        waited = time.monotonic() - began
+        if waited > SLOW_RELEASE_SECONDS:  # passes, but the run's summary says so
+            warnings.warn(f"{engine.name} took {waited:.1f} s to free what parloop used",
+                          stacklevel=1)
 
 
 # -- without a cluster ---------------------------------------------------------------------

@@ -10,10 +10,13 @@ import pytest
 
 from parloop import parallel_for
 from parloop._planner import (
+    CHUNK_SECONDS,
     HEAVY_ITEM,
     LATENCY,
     MARGIN,
+    MIN_CHUNK_SECONDS,
     PROBE_FLOOR,
+    ChunkSizer,
     PoolCost,
     Probe,
     from_history,
@@ -179,3 +182,26 @@ def test_a_second_call_of_heavy_work_starts_every_worker_at_once() -> None:
     assert second.reason.startswith("no probe")
     # Nothing ran in the caller: the workers did all six items.
     assert sum(second.worker_seconds.values()) >= 6 * 0.015
+
+
+def _chunks(sizer: ChunkSizer, total: int) -> list[int]:
+    sizes, remaining = [], total
+    while remaining:
+        size = min(sizer.next(remaining), remaining)
+        sizes.append(size)
+        remaining -= size
+    return sizes
+
+
+def test_chunks_shrink_toward_the_end_but_stay_worth_a_round_trip() -> None:
+    quick = _chunks(ChunkSizer(2, per_item=1e-6), 100_000)
+    assert sum(quick) == 100_000
+    assert quick[0] == 100_000 // 8  # a quarter of each worker's share
+    assert quick == sorted(quick, reverse=True)
+    floor = int(MIN_CHUNK_SECONDS / 1e-6)
+    assert min(quick[:-1]) == floor  # the tail: never below MIN_CHUNK_SECONDS of work
+    assert len(quick) < 40  # halving down to single items would take ~100
+
+    heavy = _chunks(ChunkSizer(2, per_item=0.05), 40)
+    assert heavy[-4:] == [1, 1, 1, 1]  # heavy items: the tail goes down to one item
+    assert max(_chunks(ChunkSizer(2, per_item=1e-6), 100_000_000)) == int(CHUNK_SECONDS / 1e-6)

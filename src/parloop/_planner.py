@@ -45,6 +45,7 @@ PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
 CLEAR_WIN = 1.5  # stop probing early once one side wins by this factor
 CHUNK_SECONDS = 0.02  # target duration of one chunk: amortises a ~0.1 ms round trip
+MIN_CHUNK_SECONDS = 0.002  # the shortest chunk worth a round trip, even at the tail
 LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
 MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
@@ -412,7 +413,8 @@ class ChunkSizer:
     """Chunks long enough to amortise a round trip, short enough to balance:
     about CHUNK_SECONDS each, and never more than a quarter of what each
     worker has left, so chunks shrink toward the end and no worker idles
-    while one finishes a big chunk (guided self-scheduling)."""
+    while one finishes a big chunk (guided self-scheduling), down to
+    MIN_CHUNK_SECONDS of work."""
 
     def __init__(self, workers: int, fixed: int | None = None,
                  per_item: float | None = None) -> None:
@@ -436,5 +438,9 @@ class ChunkSizer:
         else:
             size = max(1, min(100_000, int(CHUNK_SECONDS / max(self.per_item, 1e-7))))
         if remaining is not None:
-            size = min(size, max(1, math.ceil(remaining / (4 * self.workers))))
+            # Guided self-scheduling shrinks chunks toward the end, but never
+            # below MIN_CHUNK_SECONDS of work: smaller ones would cost more
+            # in round trips than any imbalance they save.
+            floor = 1 if self.per_item is None else int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-7))
+            size = min(size, max(1, floor, math.ceil(remaining / (4 * self.workers))))
         return size

@@ -10,10 +10,12 @@ Two threads share the worker's end of the pipe:
   every ``flush`` seconds so a crash loses little.
 
 Before each item the worker writes into a small shared array (``status``)
-where it is: ``[phase, item index, job id]``. The phase is the item's start
-time while it runs, -1 while the worker unpickles it (or the chunk holding
-it), and 0 between items. The caller reads it to enforce ``timeout=`` from
-the moment an item *starts*, and to know which item a dead worker was at.
+where it is: ``[phase, item index, job id]``. The phase is -1 while the worker
+unpickles an item (or the chunk holding it) and 0 between chunks. While items
+run it is a start time: the item's own for a job with a timeout (and 0 between
+its items), the chunk's for any other job, which saves a write per item.
+The caller reads it to enforce ``timeout=`` from the moment an item
+*starts*, and to know which item a dead worker was at.
 """
 
 from __future__ import annotations
@@ -114,6 +116,8 @@ def _limit_native_threads(threads: int) -> None:
     threadpool_limits(threads)
 
 
+SAMPLE_SECONDS = 20e-6  # an item at least this long is timed on its own
+MAX_STRIDE = 64  # the most items timed as one group
 PREPARING = -1.0  # the phase while the worker unpickles an item or a chunk
 IDLE = 0.0
 
@@ -136,6 +140,10 @@ class _Runner:
     def __init__(self, conn: Any, status: MutableSequence[float], cancelled: set[int]) -> None:
         self.conn = conn
         self.status = status
+        # The same three numbers as raw doubles: a write through a memoryview
+        # costs a third of one through the ctypes array, and the hot loop
+        # makes one per item.
+        self.view = memoryview(status).cast("B").cast("d")  # type: ignore[arg-type]
         self.cancelled = cancelled
         self.jobs: dict[int, Any] = {}
 
@@ -149,7 +157,7 @@ class _Runner:
         self.status[0] = phase
 
     def job(self, job_id: int) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
-                                        bool, bool, float]:
+                                        bool, bool, float, bool]:
         spec = self.jobs[job_id]
         if not isinstance(spec, (tuple, BaseException)):  # still as it arrived: load it once
             try:
@@ -175,80 +183,105 @@ class _Runner:
         errors: dict[int, tuple[bytes | None, str, str, str]] = {}
         self.mark(PREPARING, start, job_id)
         try:
-            fn, args, kwargs, star, stop_on_error, flush_every = self.job(job_id)
+            fn, args, kwargs, star, stop_on_error, flush_every, timed = self.job(job_id)
         except BaseException as exc:  # the function or its arguments did not unpickle
             info = capture(_unpickle_error("function or extra arguments", start, exc))
             self.send(("done", job_id, start, [None] * count,
-                       dict.fromkeys(range(count), info), 0.0, True, (0.0, -1)))
+                       dict.fromkeys(range(count), info), 0.0, True, (0.0, -1), False))
             return
         try:
             items = _shm.loads(blob) if blob is not None else None
         except BaseException:
             self.send(("resend", job_id, start))  # the caller sends them one by one
             return
-        busy = 0.0
-        slowest = (0.0, -1)  # (seconds, index) of the slowest item since the last flush
-        status, cancelled, clock = self.status, self.cancelled, time.monotonic
+        # The hot loop. Per item it writes only the item's index into the
+        # status (the job id went in with PREPARING above). A timed job also
+        # writes the phase, the item's start time, which the caller's deadline
+        # needs; an untimed one stays "running" for the whole chunk. The clock
+        # (~0.1 µs a read) times each item of a timed job, and each item of an
+        # untimed one that takes SAMPLE_SECONDS or more; quicker items are
+        # timed in groups of up to MAX_STRIDE, so they never rank among the
+        # slowest, and busy still adds up to the chunk's whole time.
+        status, view, cancelled, clock = self.status, self.view, self.cancelled, time.monotonic
         call = _caller(fn, args, kwargs, star)
-        last_flush = clock()
-        # Per item only the index and the phase change (the job id was written
-        # with PREPARING above); the phase last, so a reader that sees it sees
-        # the index too.
+        as_is, as_is_sized = _AS_IS, _AS_IS_SIZED
+        busy = 0.0
+        slowest, slowest_index = 0.0, -1  # of the items since the last flush
+        last_flush = previous = now = clock()
+        stride, countdown, clocked = 1, 0, -1  # clocked: the offset of the last clock read
+        wrapped = False  # whether values holds a Pickled: the caller then unwraps each
+        status[0] = IDLE if timed else previous
         for offset in range(count):
             if job_id in cancelled:
                 break
+            index = start + offset
             if items is None:
                 kind, data = split[offset]  # type: ignore[index]
                 if kind == "failed":  # the caller could not pickle this item
                     values.append(None)
                     errors[len(values) - 1] = (data, "", "", "")
                     continue
-                self.mark(PREPARING, start + offset, job_id)
+                self.mark(PREPARING, index, job_id)
                 try:
                     item = _shm.loads(data)
                 except BaseException as exc:
                     values.append(None)
-                    errors[len(values) - 1] = capture(
-                        _unpickle_error("item", start + offset, exc))
+                    errors[len(values) - 1] = capture(_unpickle_error("item", index, exc))
                     continue
+                status[0] = IDLE if timed else clock()
             else:
                 item = items[offset]
-            began = clock()
-            status[1] = start + offset
-            status[0] = began
+            view[1] = index
+            if timed:
+                previous = view[0] = clock()
+            stop = big = False
             try:
                 result = call(item)
-                kind = type(result)
-                if kind in _AS_IS or (kind in _AS_IS_SIZED and len(result) < AS_IS_BYTES):
-                    values.append(result)
-                else:
-                    try:
-                        values.append(Pickled(_shm.pack(result, fallback=_cloud_dumps)))
-                    except BaseException as exc:
-                        values.append(None)
-                        errors[len(values) - 1] = capture(
-                            _unpickle_error("result", start + offset, exc, pickling=True))
             except BaseException as exc:
                 values.append(None)
                 errors[len(values) - 1] = capture(exc)
-                if stop_on_error:
-                    break
-            finally:
-                status[0] = IDLE
-                now = clock()
-                busy += now - began
-                if now - began > slowest[0]:
-                    slowest = (now - began, start + offset)
-            # A result with big buffers leaves at once: they are the function's
-            # own arrays, which a later item may overwrite (a reused output).
-            last = values[-1]
-            if (now - last_flush >= flush_every
-                    or (type(last) is Pickled and type(last.data) is _shm.Packed)) \
-                    and offset + 1 < count:
-                self.send(("done", job_id, flush_start, values, errors, busy, False, slowest))
+                stop = stop_on_error
+            else:
+                kind = type(result)
+                if kind in as_is or (kind in as_is_sized and len(result) < AS_IS_BYTES):
+                    values.append(result)
+                else:
+                    try:
+                        packed = _shm.pack(result, fallback=_cloud_dumps)
+                        values.append(Pickled(packed))
+                        wrapped = True
+                        # A result with big buffers leaves at once: they are the
+                        # function's own arrays, which a later item may overwrite.
+                        big = type(packed) is _shm.Packed
+                    except BaseException as exc:
+                        values.append(None)
+                        errors[len(values) - 1] = capture(
+                            _unpickle_error("result", index, exc, pickling=True))
+            if countdown and not (big or stop):
+                countdown -= 1
+                continue
+            now = clock()
+            took, previous = now - previous, now
+            busy += took
+            group, clocked = offset - clocked, offset
+            if group == 1 and took > slowest:
+                slowest, slowest_index = took, index
+            if not timed:
+                stride = 1 if took >= SAMPLE_SECONDS * group else min(2 * stride, MAX_STRIDE)
+                countdown = stride - 1
+            else:
+                view[0] = IDLE
+            if stop:
+                break
+            if (big or now - last_flush >= flush_every) and offset + 1 < count:
+                self.send(("done", job_id, flush_start, values, errors, busy, False,
+                           (slowest, slowest_index), wrapped))
                 flush_start += len(values)
-                values, errors, busy, last_flush, slowest = [], {}, 0.0, now, (0.0, -1)
-        self.send(("done", job_id, flush_start, values, errors, busy, True, slowest))
+                values, errors, busy, last_flush, wrapped = [], {}, 0.0, now, False
+                slowest, slowest_index = 0.0, -1
+        busy += clock() - previous  # the items since the last clock read
+        self.send(("done", job_id, flush_start, values, errors, busy, True,
+                   (slowest, slowest_index), wrapped))
 
 
 class Pickled:
@@ -301,6 +334,7 @@ def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: 
     # here must not use it (its pool is the caller's, its lock maybe held).
     block_var().set(None)
     _limit_native_threads(threads)
+
     inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
     cancelled: set[int] = set()
     threading.Thread(target=_receive, args=(conn, inbox, cancelled), daemon=True,

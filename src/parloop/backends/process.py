@@ -112,7 +112,8 @@ class ProcessBackend(Backend):
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
             payload = _shm.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                                    0.0 if job.timeout else FLUSH_SECONDS), _pickling.dumps)
+                                    0.0 if job.timeout else FLUSH_SECONDS, job.timeout is not None),
+                                   _pickling.dumps)
             # A worker may get it later (a replacement): it must see the arguments as they were.
             self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
         if job.id not in worker.jobs:
@@ -217,13 +218,14 @@ class ProcessBackend(Backend):
             if sent.cancelled_at is None:
                 self._assign(worker, sent.chunk, split=True)
         elif kind == "done":
-            _, _, start, blobs, errors, busy, final, slowest = message
+            _, _, start, blobs, errors, busy, final, slowest, wrapped = message
             sent = worker.inflight[0]
             sent.next_index = start + len(blobs)
             if final:
                 worker.inflight.popleft()
             if sent.cancelled_at is None:
-                outcome = decode_done(sent.chunk, start, blobs, errors, busy, worker.name)
+                outcome = decode_done(sent.chunk, start, blobs, errors, busy, worker.name,
+                                      wrapped)
                 outcome.slowest = slowest
                 self._outcomes.append(outcome)
 

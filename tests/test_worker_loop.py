@@ -1,0 +1,135 @@
+"""The worker's hot loop, run in this process: what it writes into the shared
+status while items run, how often it reads the clock, and what it reports.
+The pipe is replaced by a list of the very bytes the worker would send, which
+``_worker.receive`` reads back; everything else is the real code."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from collections import deque
+from typing import Any
+
+import pytest
+
+from parloop.backends import _shm, _worker
+
+pytestmark = pytest.mark.timeout(60)
+
+
+class Wire:
+    """Both ends of a pipe in one object: ``send_bytes`` queues, ``recv_bytes`` pops."""
+
+    def __init__(self) -> None:
+        self.frames: deque[bytes] = deque()
+
+    def send_bytes(self, data: bytes) -> None:
+        self.frames.append(bytes(data))
+
+    def recv_bytes(self) -> bytes:
+        return self.frames.popleft()
+
+    def messages(self) -> list[Any]:
+        out = []
+        while self.frames:
+            out.append(_worker.receive(self))
+        return out
+
+
+class CountingTime:
+    """Stands in for the ``time`` module inside ``_worker``: counts clock reads."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def monotonic(self) -> float:
+        self.reads += 1
+        return time.monotonic()
+
+
+def run_chunk(fn: Any, items: list[Any], timed: bool = False,
+              flush_every: float = 60.0) -> tuple[list[Any], Any]:
+    """Run ``items`` as one chunk of a job; return the "done" messages and the runner."""
+    wire = Wire()
+    status = multiprocessing.RawArray("d", 3)
+    runner = _worker._Runner(wire, status, set())
+    runner.jobs[1] = (fn, (), {}, False, False, 0.0 if timed else flush_every, timed)
+    runner.run(1, 0, len(items), _worker.dump_value(items), None)
+    done = [m for m in wire.messages() if m[0] == "done"]
+    return done, runner
+
+
+def results_of(done: list[Any]) -> list[Any]:
+    """The results, unwrapped as the caller would."""
+    return [_shm.loads(value.data) if type(value) is _worker.Pickled else value
+            for message in done for value in message[3]]
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def test_quick_items_read_the_clock_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = CountingTime()
+    monkeypatch.setattr(_worker, "time", clock)
+    items = list(range(20_000))
+    done, _ = run_chunk(square, items)
+    assert results_of(done) == [x * x for x in items]
+    assert clock.reads < len(items) / 20  # a read per item would be 20,000
+    assert done[-1][6] is True and done[-1][8] is False  # final; plain values, not wrapped
+
+
+def test_a_timed_job_reads_the_clock_for_every_item(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = CountingTime()
+    monkeypatch.setattr(_worker, "time", clock)
+    items = list(range(500))
+    done, _ = run_chunk(square, items, timed=True)
+    assert results_of(done) == [x * x for x in items]
+    assert clock.reads >= 2 * len(items)  # its start (for the deadline) and its end
+
+
+def test_busy_adds_up_to_the_chunk_and_the_slowest_item_is_named() -> None:
+    delays = [0.0002] * 40
+    delays[23] = 0.03
+
+    began = time.monotonic()
+    done, _ = run_chunk(time.sleep, delays)
+    wall = time.monotonic() - began
+    busy = sum(message[5] for message in done)
+    assert sum(delays) * 0.9 <= busy <= wall
+    seconds, index = max(message[7] for message in done)
+    assert index == 23 and seconds >= 0.03
+
+
+def test_quick_items_are_timed_as_a_whole() -> None:
+    done, _ = run_chunk(square, list(range(50_000)))
+    busy = sum(message[5] for message in done)
+    assert 0 < busy < 10  # the whole chunk's time, not ~0 from a few sampled items
+
+
+def _where(x: int) -> tuple[float, float, float]:
+    return tuple(_status[:])  # type: ignore[return-value]
+
+
+_status: Any = None
+
+
+@pytest.mark.parametrize("timed", [False, True])
+def test_the_status_names_the_running_item(timed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    wire = Wire()
+    status = multiprocessing.RawArray("d", 3)
+    monkeypatch.setattr(sys.modules[__name__], "_status", status)
+    runner = _worker._Runner(wire, status, set())
+    runner.jobs[7] = (_where, (), {}, False, False, 0.0 if timed else 60.0, timed)
+    runner.run(7, 100, 5, _worker.dump_value([0, 1, 2, 3, 4]), None)
+    seen = results_of([m for m in wire.messages() if m[0] == "done"])
+    assert [index for _, index, _ in seen] == [100, 101, 102, 103, 104]
+    assert all(job == 7 for _, _, job in seen)
+    phases = [phase for phase, _, _ in seen]
+    assert all(phase > 0 for phase in phases)  # running, not preparing (-1) or idle (0)
+    if timed:  # each item's own start, for its deadline
+        assert phases == sorted(phases) and len(set(phases)) == len(phases)
+    else:  # the chunk's start, written once
+        assert len(set(phases)) == 1
+    assert list(status) == [_worker.IDLE, -1.0, 0.0]  # idle once the chunk is reported
