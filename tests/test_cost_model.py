@@ -15,10 +15,13 @@ from parloop._planner import (
     LATENCY,
     MARGIN,
     MIN_CHUNK_SECONDS,
+    PIPE_BYTES_PER_SECOND,
     PROBE_FLOOR,
     ChunkSizer,
     PoolCost,
     Probe,
+    _pickle_round_trip,
+    _transfer_seconds,
     from_history,
     projections,
 )
@@ -205,3 +208,14 @@ def test_chunks_shrink_toward_the_end_but_stay_worth_a_round_trip() -> None:
     heavy = _chunks(ChunkSizer(2, per_item=0.05), 40)
     assert heavy[-4:] == [1, 1, 1, 1]  # heavy items: the tail goes down to one item
     assert max(_chunks(ChunkSizer(2, per_item=1e-6), 100_000_000)) == int(CHUNK_SECONDS / 1e-6)
+
+
+def test_moving_a_small_item_is_not_charged_a_whole_pickle_call() -> None:
+    # Items travel in chunks: one pickle call for thousands of ints. Charging
+    # each item a call of its own (~1-3 µs here) once sent 10^6 × 1 µs items
+    # to the serial loop where a pool wins.
+    moved = min(_transfer_seconds(12345)[0] for _ in range(5))
+    one_call = min(_pickle_round_trip(12345)[0] for _ in range(5))
+    assert moved < one_call
+    big = min(_transfer_seconds(bytes(10**5))[0] for _ in range(3))
+    assert big >= 10**5 / PIPE_BYTES_PER_SECOND  # bytes are still charged in full
