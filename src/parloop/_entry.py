@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, Concatenate, Literal, TypeVar, overload
 
-from typing_extensions import Never, ParamSpec
+from typing_extensions import Never, ParamSpec, TypedDict, Unpack
 
 from ._api import _MISSING, ParallelFor, parallel_for_impl
 from ._types import LoopDecorator, ParallelFunction, StarOptions
@@ -18,100 +18,64 @@ Backend = Literal["auto", "process", "thread", "serial", "dask", "ray"]
 StartMethod = Literal["fork", "spawn", "forkserver"]
 
 
-@overload
-def parallel_for(
-    fn: Callable[Concatenate[T, P], R], /, *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise"] = ...,
-    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFunction[T, P, R]: ...
+class CommonOptions(TypedDict, total=False):
+    """The options every form takes; ``errors`` and ``star`` change the
+    result type, so each overload below spells out those two itself."""
+
+    workers: int | None
+    backend: Backend
+    ordered: bool
+    chunksize: int | None
+    timeout: float | None
+    progress: bool | Callable[[int, int | None], None]
+    start_method: StartMethod | None
+    retries: int
+    retry_on: type[BaseException] | tuple[type[BaseException], ...]
+    client: Any
+    address: str | None
 
 
 @overload
-def parallel_for(
-    fn: Callable[Concatenate[T, P], R], /, *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["return"],
-    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFunction[T, P, R | BaseException]: ...
+def parallel_for(fn: Callable[Concatenate[T, P], R], /, *, errors: Literal["raise"] = ...,
+                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+                 ) -> ParallelFunction[T, P, R]: ...
 
 
 @overload
-def parallel_for(
-    fn: Callable[..., R], /, *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
-    star: Literal[True], progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFunction[Iterable[Any], [], R]: ...
+def parallel_for(fn: Callable[Concatenate[T, P], R], /, *, errors: Literal["return"],
+                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+                 ) -> ParallelFunction[T, P, R | BaseException]: ...
 
 
 @overload
-def parallel_for(
-    items: Iterable[T], /, *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
-    star: bool = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> LoopDecorator[T]: ...
+def parallel_for(fn: Callable[..., R], /, *, errors: Literal["raise", "return"] = ...,
+                 star: Literal[True], **options: Unpack[CommonOptions]
+                 ) -> ParallelFunction[Iterable[Any], [], R]: ...
 
 
 @overload
-def parallel_for(
-    *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise"] = ...,
-    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFor[Never]: ...
+def parallel_for(items: Iterable[T], /, *, errors: Literal["raise", "return"] = ...,
+                 star: bool = ..., **options: Unpack[CommonOptions]) -> LoopDecorator[T]: ...
 
 
 @overload
-def parallel_for(
-    *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["return"],
-    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFor[BaseException]: ...
+def parallel_for(*, errors: Literal["raise"] = ..., star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFor[Never]: ...
 
 
 @overload
-def parallel_for(
-    *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
-    star: Literal[True], progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> StarOptions: ...
+def parallel_for(*, errors: Literal["return"], star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFor[BaseException]: ...
 
 
 @overload
-def parallel_for(
-    *,
-    workers: int | None = ..., backend: Backend = ..., ordered: bool = ...,
-    chunksize: int | None = ..., timeout: float | None = ..., errors: Literal["raise", "return"] = ...,
-    star: Literal[False] = ..., progress: bool | Callable[[int, int | None], None] = ...,
-    start_method: StartMethod | None = ..., retries: int = ...,
-    retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-    client: Any = ..., address: str | None = ...,
-) -> ParallelFor[Any]: ...
+def parallel_for(*, errors: Literal["raise", "return"] = ..., star: Literal[True],
+                 **options: Unpack[CommonOptions]) -> StarOptions: ...
+
+
+@overload
+def parallel_for(*, errors: Literal["raise", "return"] = ..., star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFor[Any]: ...
 
 
 def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:
