@@ -201,7 +201,8 @@ class _Runner:
         # (~0.1 µs a read) times each item of a timed job, and each item of an
         # untimed one that takes SAMPLE_SECONDS or more; quicker items are
         # timed in groups of up to MAX_STRIDE, so they never rank among the
-        # slowest, and busy still adds up to the chunk's whole time.
+        # slowest (nor does a straggler among them, which shows in busy
+        # only), and busy still adds up to the chunk's whole time.
         status, view, cancelled, clock = self.status, self.view, self.cancelled, time.monotonic
         call = _caller(fn, args, kwargs, star)
         as_is, as_is_sized = _AS_IS, _AS_IS_SIZED
@@ -264,7 +265,9 @@ class _Runner:
             took, previous = now - previous, now
             busy += took
             group, clocked = offset - clocked, offset
-            if group == 1 and took > slowest:
+            # Only an item timed on its own can be named, and only one slow
+            # enough to be timed on its own: a 10 µs item is never "slowest".
+            if took > slowest and took >= SAMPLE_SECONDS and (timed or group == 1):
                 slowest, slowest_index = took, index
             if not timed:
                 stride = 1 if took >= SAMPLE_SECONDS * group else min(2 * stride, MAX_STRIDE)
@@ -277,8 +280,10 @@ class _Runner:
                 self.send(("done", job_id, flush_start, values, errors, busy, False,
                            (slowest, slowest_index), wrapped))
                 flush_start += len(values)
-                values, errors, busy, last_flush, wrapped = [], {}, 0.0, now, False
+                values, errors, busy, wrapped = [], {}, 0.0, False
                 slowest, slowest_index = 0.0, -1
+                # The send (long, when the pipe is full) is no item's time.
+                previous = last_flush = clock()
         busy += clock() - previous  # the items since the last clock read
         self.send(("done", job_id, flush_start, values, errors, busy, True,
                    (slowest, slowest_index), wrapped))
