@@ -121,23 +121,26 @@ def test_a_straggler_among_quick_items_counts_but_no_quick_item_is_named() -> No
     done, _ = run_chunk(nap_on, list(range(300)))
     assert results_of(done) == [x * x for x in range(300)]
     assert sum(message[5] for message in done) >= 0.1
-    seconds, index = max(message[7] for message in done)
-    assert index in (-1, 150)  # it may go unnamed inside a group; a quick item never is
-    assert index == -1 or seconds >= 0.1
+    # The straggler may go unnamed inside a group. Whatever is named was timed
+    # on its own and took 20 µs or more (a quick item the OS paused can be).
+    for seconds, index in (message[7] for message in done):
+        assert index == -1 or seconds >= _worker.SAMPLE_SECONDS
+        assert index != 150 or seconds >= 0.1
 
 
 class SlowWire(Wire):
     def send_bytes(self, data: bytes) -> None:
-        time.sleep(0.02)  # a full pipe: the caller is slow to read
+        time.sleep(0.05)  # a full pipe: the caller is slow to read
         super().send_bytes(data)
 
 
 def test_time_spent_sending_is_no_items_time() -> None:
     done, _ = run_chunk(time.sleep, [0.001] * 30, flush_every=0.0005, wire=SlowWire())
-    assert len(done) > 10  # it flushed often, each send taking 20 ms
+    assert len(done) > 10  # it flushed often, each send taking 50 ms
     busy = sum(message[5] for message in done)
-    assert 0.03 <= busy < 0.2  # ~30 ms of items; the sends (~0.6 s) are not in it
-    assert max(message[7] for message in done)[0] < 0.015
+    # ~30 ms of items; counting the sends would make it over 0.5 s
+    assert 0.03 <= busy < 0.4
+    assert max(message[7] for message in done)[0] < 0.04
 
 
 def _where(x: int) -> tuple[float, float, float]:
