@@ -177,21 +177,21 @@ def _transfer_seconds(value: Any) -> tuple[float, int]:
 
 
 _call_overhead: float | None = None  # seconds of a pickle round trip of None
-_clock_costs: dict[Any, float] = {}
+_perf_counter_cost: float | None = None  # kept: tests pass clocks of their own
 
 
 def _clock_cost(clock: Callable[[], float]) -> float:
     """Seconds a timing with ``clock`` adds to what it times (~0.2 µs here)."""
-    cost = _clock_costs.get(clock)
-    if cost is None:
-        readings = []
-        for _ in range(5):
-            began = clock()
-            readings.append(clock() - began)
-        cost = min(readings)
-        if clock is time.perf_counter:  # tests pass clocks of their own: not kept
-            _clock_costs[clock] = cost
-    return cost
+    global _perf_counter_cost
+    if clock is time.perf_counter and _perf_counter_cost is not None:
+        return _perf_counter_cost
+    readings = []
+    for _ in range(5):
+        began = clock()
+        readings.append(clock() - began)
+    if clock is time.perf_counter:
+        _perf_counter_cost = min(readings)
+    return min(readings)
 
 
 def _pickle_round_trip(value: Any) -> tuple[float, list[int]]:

@@ -139,10 +139,9 @@ class _Runner:
 
     def __init__(self, conn: Any, status: MutableSequence[float], cancelled: set[int]) -> None:
         self.conn = conn
-        self.status = status
-        # The same three numbers as raw doubles: a write through a memoryview
-        # costs a third of one through the ctypes array, and the hot loop
-        # makes one per item.
+        # The status as raw doubles: a write through a memoryview costs a
+        # third of one through the ctypes array, and the hot loop makes one
+        # per item. The view keeps the array alive.
         self.view = memoryview(status).cast("B").cast("d")  # type: ignore[arg-type]
         self.cancelled = cancelled
         self.jobs: dict[int, Any] = {}
@@ -152,9 +151,9 @@ class _Runner:
 
     def mark(self, phase: float, index: int, job_id: int) -> None:
         # The phase last: a reader that sees it sees the index and job too.
-        self.status[2] = job_id
-        self.status[1] = index
-        self.status[0] = phase
+        self.view[2] = job_id
+        self.view[1] = index
+        self.view[0] = phase
 
     def job(self, job_id: int) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any],
                                         bool, bool, float, bool]:
@@ -203,15 +202,15 @@ class _Runner:
         # timed in groups of up to MAX_STRIDE, so they never rank among the
         # slowest (nor does a straggler among them, which shows in busy
         # only), and busy still adds up to the chunk's whole time.
-        status, view, cancelled, clock = self.status, self.view, self.cancelled, time.monotonic
+        view, cancelled, clock = self.view, self.cancelled, time.monotonic
         call = _caller(fn, args, kwargs, star)
         as_is, as_is_sized = _AS_IS, _AS_IS_SIZED
         busy = 0.0
         slowest, slowest_index = 0.0, -1  # of the items since the last flush
-        last_flush = previous = now = clock()
+        last_flush = previous = clock()
         stride, countdown, clocked = 1, 0, -1  # clocked: the offset of the last clock read
         wrapped = False  # whether values holds a Pickled: the caller then unwraps each
-        status[0] = IDLE if timed else previous
+        view[0] = IDLE if timed else previous
         for offset in range(count):
             if job_id in cancelled:
                 break
@@ -229,7 +228,7 @@ class _Runner:
                     values.append(None)
                     errors[len(values) - 1] = capture(_unpickle_error("item", index, exc))
                     continue
-                status[0] = IDLE if timed else clock()
+                view[0] = IDLE if timed else clock()
             else:
                 item = items[offset]
             view[1] = index

@@ -111,9 +111,9 @@ class ProcessBackend(Backend):
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
+            timed = job.timeout is not None  # every item's result leaves at once
             payload = _shm.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                                    0.0 if job.timeout else FLUSH_SECONDS, job.timeout is not None),
-                                   _pickling.dumps)
+                                 0.0 if timed else FLUSH_SECONDS, timed), _pickling.dumps)
             # A worker may get it later (a replacement): it must see the arguments as they were.
             self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
         if job.id not in worker.jobs:
