@@ -223,3 +223,13 @@ def stop_on(x: int, bad: int = 3) -> int:
     if x == bad:
         raise StopIteration(f"item {x}")
     return x
+
+
+class LoadsNowhere:
+    """A callable that pickles in the caller and refuses to unpickle anywhere."""
+
+    def __call__(self, x: int) -> int:
+        return x
+
+    def __reduce__(self) -> Any:
+        return (_refuse, (0,))

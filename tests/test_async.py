@@ -123,7 +123,7 @@ def test_pool_amap_and_aiter_in_a_block(backend: dict[str, Any]) -> None:
 @pytest.mark.timeout(60)
 def test_sync_block_is_seen_by_async_calls_inside_it(backend: dict[str, Any]) -> None:
     with parallel_for(**backend) as pool:
-        assert run(lambda: pool.amap(identity, "abc")) == ["a", "b", "c"]
+        assert run(lambda: pool.amap(identity, list("abc"))) == ["a", "b", "c"]
         assert pool.last_plan is not None and pool.last_plan.backend == backend["backend"]
 
 

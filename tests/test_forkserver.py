@@ -1,9 +1,10 @@
-"""The fork server imports the main script once, so that its workers do not
-each re-run it (CPython <= 3.13 ignores ``set_forkserver_preload(["__main__"])``,
-gh-98552); see ``parloop.backends._preload``."""
+"""parloop's own fork server: the main script never runs in it nor in its
+workers, the libraries the script imported are loaded there once, and it
+is not multiprocessing's shared server (see ``parloop.backends._launch``)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -12,33 +13,41 @@ from pathlib import Path
 import pytest
 
 SCRIPT = textwrap.dedent("""
-    import os, sys
+    import json, os, sys
+    import email.mime.text  # a library the fork server should load once
     with open(sys.argv[1], "a") as log:  # every run of this module body leaves a line
         log.write(f"{os.getpid()} {__name__}\\n")
+    from multiprocessing import forkserver
     from parloop import parallel_for
+    from parloop.backends import _launch
 
-    def pid(_):
-        return os.getpid()
+    def facts(_):
+        return os.getpid(), "email.mime.text" in sys.modules
 
     if __name__ == "__main__":
-        fn = parallel_for(pid, backend="process", workers=2, start_method="forkserver",
+        fn = parallel_for(facts, backend="process", workers=2, start_method="forkserver",
                           chunksize=1)
-        workers = set(fn([0] * 8))
-        workers |= set(fn([0] * 8))
-        print(" ".join(map(str, sorted(workers))))
+        seen = fn([0] * 8) + fn([0] * 8)
+        print(json.dumps({
+            "workers": sorted({pid for pid, _ in seen}),
+            "preloaded": all(loaded for _, loaded in seen),
+            "server": _launch.server_pid(),
+            "shared_server": forkserver._forkserver._forkserver_pid,
+        }))
 """)
 
 
 @pytest.mark.timeout(60)
-def test_the_main_script_runs_once_in_the_fork_server_not_in_each_worker(tmp_path: Path) -> None:
+def test_the_main_script_runs_only_in_the_caller_and_its_libraries_are_preloaded(
+        tmp_path: Path) -> None:
     script, log = tmp_path / "main_script.py", tmp_path / "runs.log"
     script.write_text(SCRIPT)
     out = subprocess.run([sys.executable, str(script), str(log)], capture_output=True,
                          text=True, timeout=50, check=True).stdout
-    workers = {int(p) for p in out.split()}
+    facts = json.loads(out)
     runs = [line.split() for line in log.read_text().splitlines()]
-    assert len(workers) >= 1
-    by_pid = {int(pid): name for pid, name in runs}
-    assert list(by_pid.values()).count("__main__") == 1  # the caller
-    assert list(by_pid.values()).count("__mp_main__") == 1  # the fork server, once
-    assert not workers & set(by_pid)  # no worker re-ran the script
+    assert [name for _, name in runs] == ["__main__"]  # the caller, and nobody else
+    assert len(facts["workers"]) >= 1
+    assert facts["preloaded"]  # each worker found the script's library loaded
+    assert facts["server"] is not None
+    assert facts["shared_server"] is None  # multiprocessing's own server was never started

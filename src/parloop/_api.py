@@ -26,6 +26,12 @@ __all__ = ["ParallelFor", "Pool", "make_wrapper", "run_iter", "run_list"]
 
 
 def _check_items(items: object, name: str) -> Iterable[Any]:
+    if isinstance(items, (str, bytes)):
+        kind = type(items).__name__
+        raise TypeError(
+            f"{name}() got a {kind} {items!r:.40} as its items, which would run it once per "
+            f"{'character' if kind == 'str' else 'byte'}. For one item pass [{kind}_value]; "
+            f"for its {'characters' if kind == 'str' else 'bytes'}, pass list({kind}_value).")
     try:
         iter(items)  # type: ignore[call-overload]
     except TypeError:
@@ -38,8 +44,10 @@ def _check_items(items: object, name: str) -> Iterable[Any]:
 
 def run_list(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], explicit: dict[str, Any],
-             record: Callable[[Plan], None]) -> list[Any]:
-    block = active_block()
+             record: Callable[[Plan], None], block: _scope.Block | None = None) -> list[Any]:
+    """``block``: the block to run in (a block's own ``pool.map`` passes its
+    block, so that it runs there from any thread); None: this context's."""
+    block = block or active_block()
     results: list[Any] = []
     for _ in _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
                            sink=results):
@@ -49,8 +57,9 @@ def run_list(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
 
 def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
              kwargs: dict[str, Any], explicit: dict[str, Any],
-             record: Callable[[Plan], None]) -> Iterator[Any]:
-    block = active_block()
+             record: Callable[[Plan], None], block: _scope.Block | None = None
+             ) -> Iterator[Any]:
+    block = block or active_block()
     batches = _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
                             eager_errors=False)
     try:
@@ -178,9 +187,14 @@ class _ParallelFunction(_Calls, wrapt.FunctionWrapper[Any, Any]):
         self._self_state = state
 
     def __reduce_ex__(self, protocol: Any) -> Any:
-        # Sent to a worker as data, a decorated function travels by name.
-        from ._pickling import load_wrapper
-        return load_wrapper, (self.__wrapped__.__module__, self.__wrapped__.__qualname__)
+        # Sent to a worker as data: by name when importable, else the
+        # undecorated function by value, wrapped again over there.
+        from ._pickling import load_wrapper, portable_options
+
+        module = getattr(self.__wrapped__, "__module__", None)
+        if module not in ("__main__", "__mp_main__", None):
+            return load_wrapper, (module, self.__wrapped__.__qualname__)
+        return make_wrapper, (self.__wrapped__, portable_options(self._self_state.explicit))
 
 
 def make_wrapper(fn: Callable[..., Any], explicit: dict[str, Any]) -> ParallelFunction[Any, Any, Any]:
@@ -192,7 +206,9 @@ def make_wrapper(fn: Callable[..., Any], explicit: dict[str, Any]) -> ParallelFu
 
 class Pool:
     """What ``with parallel_for(...) as pool`` gives: run any callable on the
-    block's pool. Decorated functions called inside the block use it too."""
+    block's pool, from any thread (a server's handlers may share it).
+    Decorated functions called inside the block, in its own thread or task,
+    use it too."""
 
     def __init__(self, block: _scope.Block) -> None:
         self._block = block
@@ -213,14 +229,14 @@ class Pool:
         """``[fn(item, *args, **kwargs) for item in items]`` on the block's pool."""
         target, explicit = self._target(fn)
         return run_list(target, _check_items(items, "pool.map"), args, kwargs, explicit,
-                        self._record)
+                        self._record, self._block)
 
     def iter(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
              **kwargs: Any) -> Iterator[Any]:
         """Like :meth:`map`, lazily: results are yielded as they arrive."""
         target, explicit = self._target(fn)
         return run_iter(target, _check_items(items, "pool.iter"), args, kwargs, explicit,
-                        self._record)
+                        self._record, self._block)
 
     async def amap(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
                    **kwargs: Any) -> list[Any]:
@@ -231,7 +247,7 @@ class Pool:
                     **kwargs: Any) -> AsyncIterator[Any]:
         """``async for`` over results as they arrive."""
         target, explicit = self._target(fn)
-        block = active_block()
+        block = self._block
         batches = _dispatch.run(target, _check_items(items, "pool.aiter"), args, kwargs,
                                 resolve(explicit, block), block, self._record, eager_errors=False)
         async for batch in run_async(batches):

@@ -132,11 +132,21 @@ def thread_count() -> int:
         return threading.active_count()
 
 
+START_METHODS = ("fork", "spawn", "forkserver")
+
+
 def default_start_method() -> str:
-    """fork when it is safe (Linux, a single-threaded caller), else forkserver
-    (Linux) or spawn. A fork copies locks held by other threads (BLAS, gRPC,
-    logging) in their held state, and the child can freeze on them; CPython
-    3.12+ warns about exactly this case, counting native threads too."""
+    """``$PARLOOP_START_METHOD`` when set; else fork when it is safe (Linux,
+    a single-threaded caller), else forkserver (Linux) or spawn. A fork
+    copies locks held by other threads (BLAS, gRPC, logging) in their held
+    state, and the child can freeze on them; CPython 3.12+ warns about
+    exactly this case, counting native threads too."""
+    chosen = os.environ.get("PARLOOP_START_METHOD")
+    if chosen:
+        if chosen not in START_METHODS:
+            raise ValueError(f"PARLOOP_START_METHOD={chosen!r} is not a start method: "
+                             f"use one of {', '.join(START_METHODS)}, or unset it")
+        return chosen
     if sys.platform != "linux":
         return "spawn"
     return "fork" if thread_count() == 1 else "forkserver"

@@ -15,7 +15,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any, Literal
 
-from ._cpu import cpu_count, cpu_report
+from ._cpu import START_METHODS, cpu_count, cpu_report
 
 if TYPE_CHECKING:
     from ._scope import Block
@@ -24,7 +24,6 @@ __all__ = ["BACKENDS", "Options", "active_block", "resolve", "validate"]
 
 BackendName = Literal["auto", "process", "thread", "serial", "dask", "ray"]
 BACKENDS: tuple[str, ...] = ("auto", "process", "thread", "serial", "dask", "ray")
-START_METHODS = ("fork", "spawn", "forkserver")
 ProgressCallback = Callable[[int, "int | None"], None]
 
 

@@ -1,12 +1,21 @@
 """Sending functions to workers, and saying exactly what cannot be sent.
 
-Functions travel by reference when they can be imported, and by value
-(cloudpickle) when they cannot: lambdas, closures, functions defined in a
-notebook. A function decorated with ``@parallel_for`` is a special case. Its
-module attribute is the wrapper, so plain pickle refuses it ("not the same
-object") and cloudpickle would ship its body by value. We ship a reference
-that resolves to the *undecorated* function in the worker, so a worker never
-calls the wrapper and never dispatches again.
+Functions travel by reference when a worker is sure to find the very same
+object under the same name, and by value (cloudpickle) otherwise:
+
+* importable functions go by reference;
+* lambdas, closures and every function of ``__main__`` (a script, ``python
+  -c``, stdin, the REPL, a notebook cell) go by value. A worker may have no
+  such name (the function was defined after the worker started, inside the
+  ``if __name__ == "__main__":`` block, or in a REPL), or an old one (a
+  notebook cell run again), and by value it also sees the globals the
+  function uses as they are *now*, as a plain loop would. Its ``__module__``
+  and ``__qualname__`` stay as they are, so caches keyed by them still hit.
+
+A function decorated with ``@parallel_for`` is a special case: its module
+attribute is the wrapper, so plain pickle refuses it ("not the same object").
+We send the *undecorated* function (by reference when importable, else by
+value), so a worker never calls the wrapper and never dispatches again.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import cloudpickle
 
 from .errors import UnpicklableError, short_repr
 
-__all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads"]
+__all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads", "mentions_main"]
 
 PROTOCOL = 5
 loads = pickle.loads
@@ -67,10 +76,13 @@ def load_wrapper(module_name: str, qualname: str) -> Any:
 
 
 def _reference(fn: Any) -> tuple[str, str] | None:
-    """``(module, qualname)`` if that name resolves, through wrappers, to ``fn``."""
+    """``(module, qualname)`` if that name resolves, through wrappers, to
+    ``fn`` in a module a worker imports as it is here (not ``__main__``)."""
     module_name = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
     if not module_name or not qualname or "<locals>" in qualname or "<lambda>" in qualname:
+        return None
+    if module_name in _MAIN_NAMES:
         return None
     module = sys.modules.get(module_name)
     if module is None:
@@ -82,6 +94,25 @@ def _reference(fn: Any) -> tuple[str, str] | None:
     if found is fn or not (is_wrapper(found) or isinstance(found, (staticmethod, classmethod))):
         return None
     return (module_name, qualname) if _unwrap(found) is fn else None
+
+
+_MAIN_NAMES = frozenset({"__main__", "__mp_main__"})
+
+
+def portable_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The options a decorated function keeps when it travels as data: a
+    call made inside a worker runs serially there, so only those that
+    change what the results are matter."""
+    return {k: v for k, v in options.items() if k in ("errors", "star", "retries", "retry_on")}
+
+
+def mentions_main(blob: Any) -> bool:
+    """Whether a pickle names something in ``__main__`` (a class of the
+    script, say), which a worker without the caller's ``__main__`` cannot
+    load by reference. A byte search: false positives only cost speed."""
+    if isinstance(blob, pickle.PickleBuffer):
+        blob = blob.raw().obj
+    return isinstance(blob, (bytes, bytearray)) and b"__main__" in blob
 
 
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]

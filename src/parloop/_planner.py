@@ -78,9 +78,8 @@ def startup_key(method: str) -> str:
     """``method``, told apart by whether its fork server still has to start."""
     if method != "forkserver":
         return method
-    forkserver = sys.modules.get("multiprocessing.forkserver")
-    server = getattr(forkserver, "_forkserver", None)
-    running = getattr(server, "_forkserver_pid", None) is not None
+    forkserver = sys.modules.get("parloop.backends._launch")
+    running = forkserver is not None and forkserver.server_pid() is not None
     return method if running else "forkserver-cold"
 
 
@@ -431,11 +430,19 @@ def from_history(total: int | None, per_item: float | None, pool: Callable[[], P
         f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
 
 
+def _in_daemon_process() -> bool:
+    """Inside a daemonic multiprocessing child (which may not start children).
+    Read without importing multiprocessing, and safe while another thread is
+    still importing it: then this is the main process, not a child."""
+    module = sys.modules.get("multiprocessing.process")
+    current = getattr(module, "_current_process", None)
+    config = getattr(current, "_config", None)
+    return isinstance(config, dict) and bool(config.get("daemon"))
+
+
 def static_choice(options: Options, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    # multiprocessing not imported yet: this cannot be one of its children.
-    mp = sys.modules.get("multiprocessing")
-    if _state.IN_WORKER or (mp is not None and mp.current_process().daemon):
+    if _state.IN_WORKER or _in_daemon_process():
         return "serial", "already inside a worker process: a pool never starts a pool"
     if options.backend != "auto":
         return options.backend, f"backend={options.backend!r} was asked for"

@@ -2,11 +2,13 @@
 between calls outside any block.
 
 A block owns its backends: started on first use, reused by every call in
-the block, closed when it exits. Outside a block, a call leases the warm
-process pool the previous call left behind (loky does the same), so a
-script calling a decorated function in a loop pays the start-up once. At
-most one idle pool is kept; it is closed at interpreter exit, and its
-workers also leave by themselves after PARLOOP_IDLE_TIMEOUT seconds idle.
+the block, from any thread, closed when it exits. Outside a block, a call
+leases the warm process pool the previous call left behind (loky does the
+same), so a script calling a decorated function in a loop pays the start-up
+once; calls made at once from several threads share it rather than each
+starting one. At most one idle pool is kept; it is closed at interpreter
+exit, and its workers also leave by themselves after PARLOOP_IDLE_TIMEOUT
+seconds idle.
 """
 
 from __future__ import annotations
@@ -67,7 +69,7 @@ def _key(name: str, workers: int, options: Options) -> tuple[Any, ...]:
 
 
 class Lease:
-    """One call's use of a backend."""
+    """One call's use of a backend, which other calls may be using at once."""
 
     def __init__(self, backend: Backend, warm: bool, release: Callable[[bool], None]) -> None:
         self.backend = backend
@@ -75,83 +77,130 @@ class Lease:
         self._release = release
 
     def release(self, broken: bool = False) -> None:
-        """Give the backend back; ``broken``: it was killed (Ctrl-C), drop it."""
+        """Give the backend back; ``broken``: it was killed (Ctrl-C): drop it,
+        unless other calls still use it (their own cancel paths run)."""
         self._release(broken)
 
 
+class _Entry:
+    """A backend on a shelf: being created, or live, and how many calls use it."""
+
+    def __init__(self) -> None:
+        self.backend: Backend | None = None
+        self.error: BaseException | None = None
+        self.ready = threading.Event()
+        self.users = 0
+
+
+class _Shelf:
+    """Backends by key, each shared by every call that leases it while it
+    lives: calls made at once from several threads run on one pool (its
+    workers take their chunks in turn) instead of each starting its own.
+    A call that finds its backend still being created waits for it.
+
+    ``keep``: which idle backends stay for the next call (a block keeps all
+    until it closes; outside blocks, one idle pool at most)."""
+
+    def __init__(self, keep_idle: bool) -> None:
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
+        self._lock = threading.Lock()
+        self._keep_idle = keep_idle
+
+    def is_warm(self, name: str, workers: int, options: Options) -> bool:
+        entry = self._entries.get(_key(name, workers, options))
+        return entry is not None and entry.backend is not None
+
+    def lease(self, name: str, workers: int, options: Options) -> Lease:
+        key = _key(name, workers, options)
+        retired: list[Backend] = []
+        with self._lock:
+            entry = self._entries.get(key)
+            creator = entry is None
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+                if not self._keep_idle:
+                    # A new pool: idle ones of other sizes give their CPUs back first.
+                    retired = self._take_idle(except_key=key)
+            entry.users += 1
+        for old in retired:
+            old.close()
+        if creator:
+            try:
+                entry.backend = create_backend(name, workers, options)
+            except BaseException as exc:
+                entry.error = exc
+                with self._lock:
+                    entry.users -= 1
+                    if self._entries.get(key) is entry:
+                        del self._entries[key]
+                raise
+            finally:
+                entry.ready.set()
+        else:
+            entry.ready.wait()
+            if entry.backend is None:  # its creator failed; that call raised why
+                with self._lock:
+                    entry.users -= 1
+                raise BackendUnavailableError(
+                    f"the {name} backend failed to start in another call: {entry.error}"
+                ) from entry.error
+        backend = entry.backend
+        assert backend is not None
+
+        def release(broken: bool) -> None:
+            closing: list[Backend] = []
+            with self._lock:
+                entry.users -= 1
+                mine = self._entries.get(key) is entry
+                if entry.users == 0 and mine:
+                    if broken or not self._keeps(name):
+                        del self._entries[key]
+                        closing = [backend]
+                    elif not self._keep_idle:
+                        closing = self._take_idle(except_key=key)  # one idle pool at most
+                elif entry.users == 0:  # already taken off the shelf (closed)
+                    closing = [backend]
+            for old in closing:
+                old.close(kill=broken and old is backend)
+
+        return Lease(backend, warm=not creator, release=release)
+
+    def _keeps(self, name: str) -> bool:
+        return self._keep_idle or name in ("process", *_EXTRAS)
+
+    def _take_idle(self, except_key: tuple[Any, ...]) -> list[Backend]:
+        """Remove the idle backends of other keys (under the lock); close them after."""
+        idle = [k for k, e in self._entries.items()
+                if k != except_key and e.users == 0 and e.backend is not None]
+        return [self._entries.pop(k).backend for k in idle]  # type: ignore[misc]
+
+    def close_all(self, kill: bool = False) -> None:
+        with self._lock:
+            entries, self._entries = list(self._entries.values()), {}
+        for entry in entries:
+            if entry.backend is not None:
+                entry.backend.close(kill=kill)
+
+
 class Block:
-    """The state of one active ``with parallel_for(...)`` block."""
+    """The state of one active ``with parallel_for(...)`` block: its options,
+    and the backends its calls started, shared by the calls of every thread."""
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.options = dict(options)
-        self._backends: dict[tuple[Any, ...], Backend] = {}
-        self._lock = threading.Lock()
+        self._shelf = _Shelf(keep_idle=True)
 
     def lease(self, name: str, workers: int, options: Options) -> Lease:
-        key = _key(name, workers, options)
-        with self._lock:
-            backend = self._backends.get(key)
-            warm = backend is not None
-            if backend is None:
-                backend = self._backends[key] = create_backend(name, workers, options)
-
-        def release(broken: bool) -> None:
-            if broken:
-                with self._lock:
-                    if self._backends.get(key) is backend:
-                        del self._backends[key]
-                backend.close(kill=True)
-
-        return Lease(backend, warm, release)
+        return self._shelf.lease(name, workers, options)
 
     def is_warm(self, name: str, workers: int, options: Options) -> bool:
-        return _key(name, workers, options) in self._backends
+        return self._shelf.is_warm(name, workers, options)
 
     def close(self, kill: bool = False) -> None:
-        with self._lock:
-            backends, self._backends = list(self._backends.values()), {}
-        for backend in backends:
-            backend.close(kill=kill)
+        self._shelf.close_all(kill=kill)
 
 
-class _WarmPools:
-    """Pools kept between calls outside any block (one idle pool at most)."""
-
-    def __init__(self) -> None:
-        self._idle: dict[tuple[Any, ...], Backend] = {}
-        self._lock = threading.Lock()
-
-    def is_warm(self, name: str, workers: int, options: Options) -> bool:
-        return _key(name, workers, options) in self._idle
-
-    def lease(self, name: str, workers: int, options: Options) -> Lease:
-        key = _key(name, workers, options)
-        with self._lock:
-            backend = self._idle.pop(key, None)
-        warm = backend is not None
-        if backend is None:
-            backend = create_backend(name, workers, options)
-
-        def release(broken: bool) -> None:
-            retired: list[Backend] = [backend]
-            if not broken and name in ("process", *_EXTRAS):
-                with self._lock:
-                    if key not in self._idle:  # this one becomes the idle pool
-                        retired = list(self._idle.values())
-                        self._idle = {key: backend}
-            for old in retired:
-                old.close(kill=broken)
-
-        return Lease(backend, warm, release)
-
-    def close_all(self) -> None:
-        with self._lock:
-            idle, self._idle = list(self._idle.values()), {}
-        for backend in idle:
-            backend.close()
-
-
-warm_pools = _WarmPools()
+warm_pools = _Shelf(keep_idle=False)
 atexit.register(warm_pools.close_all)
 
 

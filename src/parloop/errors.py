@@ -92,7 +92,20 @@ class TaskTimeoutError(ParloopError, TimeoutError):
 
 class RemoteUnpicklingError(ParloopError):
     """An item could not be unpickled in the worker, or a result could not be
-    pickled in the worker or unpickled in the caller. Only that item fails."""
+    pickled in the worker or unpickled in the caller: only that item fails.
+    Or the function or its extra arguments could not be unpickled in the
+    worker: then ``item`` is None, and no item is to blame."""
+
+    def __init__(self, message: str, *, item: int | None = None) -> None:
+        super().__init__(message)
+        self.item = item
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_unpickling, (str(self), self.item))
+
+
+def _rebuild_unpickling(message: str, item: int | None) -> RemoteUnpicklingError:
+    return RemoteUnpicklingError(message, item=item)
 
 
 class BackendUnavailableError(ParloopError, ImportError):
@@ -121,6 +134,8 @@ class RemoteTraceback(Exception):
 
 def note_item(exc: BaseException, index: int, item: object) -> BaseException:
     """Name the item that raised ``exc`` in a note; return ``exc``."""
+    if isinstance(exc, RemoteUnpicklingError) and exc.item is None:
+        return exc  # the function itself did not load: no item is to blame
     add_note(exc, f"parloop: raised by item #{index}: {short_repr(item)}")
     return exc
 

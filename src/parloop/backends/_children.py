@@ -14,7 +14,7 @@ from multiprocessing import util
 from typing import Any, Protocol
 
 from ..errors import short_repr
-from . import _worker
+from . import _launch, _worker
 from .base import Chunk
 
 __all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop", "track"]
@@ -27,6 +27,7 @@ class Sent:
     chunk: Chunk
     next_index: int  # items before this one have been reported
     split: bool  # items pickled one by one (the worker unpickles each just before running it)
+    by_value: bool = False  # classes of __main__ among the items were sent by value
     cancelled_at: float | None = None
 
     @property
@@ -42,6 +43,7 @@ class Worker:
     pid: int
     conn: Any
     status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker
+    forked: bool = False  # a fork of this process: it has this process's __main__
     ready: bool = False
     jobs: set[int] = field(default_factory=set)
     inflight: deque[Sent] = field(default_factory=deque)
@@ -62,10 +64,10 @@ class Worker:
         return None
 
 
-def start(context: Any, threads: int, idle_timeout: float) -> Worker:
-    """A new worker process started by ``context`` (a multiprocessing context)."""
-    if context.get_start_method() == "forkserver":
-        prepare_forkserver()
+def start(method: str, threads: int, idle_timeout: float) -> Worker:
+    """A new worker process, started by ``method`` ("fork", "forkserver"
+    (parloop's own server) or "spawn"); see ``_launch``."""
+    context = _launch.context_for(method)
     ours, theirs = context.Pipe(duplex=True)
     _caller_ends.add(ours)
     status = context.RawArray("d", 3)
@@ -81,7 +83,7 @@ def start(context: Any, threads: int, idle_timeout: float) -> Worker:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
-    return Worker(process, process.pid, ours, status)
+    return Worker(process, process.pid, ours, status, forked=method == "fork")
 
 
 def stop(workers: list[Worker]) -> None:
@@ -109,20 +111,6 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
     item = chunk.items[index - chunk.start]
     return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
             f"({short_repr(item)}). A new worker has replaced it")
-
-
-def prepare_forkserver() -> None:
-    """Have the fork server import parloop and the main module once, before
-    it starts, rather than every worker it forks (see ``_preload``)."""
-    from multiprocessing import forkserver
-
-    from . import _preload
-
-    modules = list(getattr(forkserver._forkserver, "_preload_modules", None) or ["__main__"])
-    wanted = [name for name in (_worker.__name__, _preload.__name__) if name not in modules]
-    if wanted:
-        forkserver.set_forkserver_preload([*modules, *wanted])
-    _preload.start_server(forkserver)
 
 
 # -- process-wide hooks ------------------------------------------------------------------

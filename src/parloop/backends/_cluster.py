@@ -44,7 +44,6 @@ imports them only inside the backends.
 
 from __future__ import annotations
 
-import io
 import itertools
 import logging
 import os
@@ -52,14 +51,11 @@ import pickle
 import socket
 import threading
 import time
-import types
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-
-import cloudpickle
 
 from .. import _pickling, _state
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
@@ -124,7 +120,7 @@ def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any)
     try:
         fn, args, kwargs, star, stop_on_error = _load_spec(key, spec)
     except BaseException as exc:
-        info = capture(_unpickle_error("function or extra arguments", start, exc))
+        info = capture(_unpickle_error("function or its extra arguments", None, exc))
         return [None] * count, dict.fromkeys(range(count), info), 0.0, worker, (0.0, -1)
     split = not isinstance(packed, bytes)  # bytes: the whole list; else (kind, blob) pairs
     if not split:
@@ -261,7 +257,7 @@ class ClusterBackend(Backend):
         packed: Any = None
         if not task.split:
             try:
-                packed = dump_value(chunk.items)
+                packed = _dump_items(chunk.items)
             except Exception:
                 task.split = True
         if task.split:
@@ -286,7 +282,7 @@ class ClusterBackend(Backend):
         if state is None:
             spec = (job.fn, job.args, job.kwargs, job.star, job.stop_on_error)
             try:
-                blob = _dumps(spec)
+                blob = _pickling.dumps(spec)
             except Exception as exc:
                 raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
                     or exc from None
@@ -453,25 +449,17 @@ class ClusterBackend(Backend):
                 f"its {self.name} task was cancelled")))
 
 
-class _ClusterPickler(_pickling._Pickler):
-    # A cluster worker's __main__ is not the caller's script (on Ray it never
-    # is), so a function defined there must travel by value, as cloudpickle
-    # sends it; everything else goes as parloop's process backend sends it.
-    def reducer_override(self, obj: Any) -> Any:
-        if isinstance(obj, types.FunctionType) and obj.__module__ == "__main__":
-            return cloudpickle.Pickler.reducer_override(self, obj)
-        return super().reducer_override(obj)
-
-
-def _dumps(obj: Any) -> bytes:
-    buffer = io.BytesIO()
-    _ClusterPickler(buffer, protocol=_pickling.PROTOCOL).dump(obj)
-    return buffer.getvalue()
+def _dump_items(items: Any) -> bytes:
+    """Items as a cluster worker can load them. Its ``__main__`` is never the
+    caller's, so a pickle naming ``__main__`` (an instance of a class of the
+    script) is made again with those classes by value."""
+    blob = dump_value(items)
+    return _pickling.dumps(items) if _pickling.mentions_main(blob) else blob
 
 
 def _pack(index: int, item: Any) -> tuple[str, bytes]:
     try:
-        return ("item", dump_value(item))
+        return ("item", _dump_items(item))
     except Exception:
         return ("failed", dump_value(_pickling.explain_item(index, item)))
 

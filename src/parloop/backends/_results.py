@@ -52,7 +52,7 @@ def decode_done(chunk: Chunk, start: int, blobs: list[Any],
             values.append(None)
             error = RemoteUnpicklingError(
                 f"the result of item #{start + offset} could not be unpickled in the caller: "
-                f"{type(exc).__name__}: {exc}")
+                f"{type(exc).__name__}: {exc}", item=start + offset)
             error.__cause__ = exc
             failed[start + offset] = error
     return Outcome(chunk.job.id, start, values, failed, busy, worker)

@@ -184,7 +184,7 @@ class _Runner:
         try:
             fn, args, kwargs, star, stop_on_error, flush_every, timed = self.job(job_id)
         except BaseException as exc:  # the function or its arguments did not unpickle
-            info = capture(_unpickle_error("function or extra arguments", start, exc))
+            info = capture(_unpickle_error("function or its extra arguments", None, exc))
             self.send(("done", job_id, start, [None] * count,
                        dict.fromkeys(range(count), info), 0.0, True, (0.0, -1), False))
             return
@@ -318,15 +318,27 @@ def _caller(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any
     return fn
 
 
-def _unpickle_error(what: str, index: int, exc: BaseException,
+def _unpickle_error(what: str, index: int | None, exc: BaseException,
                     pickling: bool = False) -> BaseException:
+    """``what`` of item ``index`` (None: the job's function or arguments)
+    failed to load (or, ``pickling``, to be pickled) in this worker."""
     from ..errors import RemoteUnpicklingError
 
     where = "pickled in the worker" if pickling else "unpickled in the worker"
-    error = RemoteUnpicklingError(
-        f"the {what} of item #{index} could not be {where}: {type(exc).__name__}: {exc}")
+    whose = f"the {what} of item #{index}" if index is not None else f"the {what}"
+    error = RemoteUnpicklingError(f"{whose} could not be {where} (pid {os.getpid()}): "
+                                  f"{type(exc).__name__}: {exc}", item=index)
     error.__cause__ = exc
     return error
+
+
+def _name_process(name: str) -> None:
+    # What ps -C, top and pgrep show (Linux): a worker is told from its caller.
+    try:
+        with open("/proc/self/comm", "w") as comm:
+            comm.write(name)
+    except OSError:
+        pass
 
 
 def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
@@ -334,6 +346,7 @@ def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the caller at start
     _state.IN_WORKER = True
+    _name_process("parloop-worker")
     # A forked worker inherits the caller's active ``with`` block; a call made
     # here must not use it (its pool is the caller's, its lock maybe held).
     block_var().set(None)

@@ -36,6 +36,8 @@ from typing import Any
 __all__ = ["Backend", "Chunk", "Job", "Outcome"]
 
 _job_ids = itertools.count(1)
+POLL_SLICE = 0.1  # seconds one poll may block, with one job on the backend
+SHARED_POLL_SLICE = 0.005  # ... with several, whose threads must get to submit
 
 
 @dataclass(eq=False)
@@ -133,9 +135,16 @@ class Backend(ABC):
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._lock = threading.RLock()
+        self._reset_lock()
         self._held: defaultdict[int, list[Outcome]] = defaultdict(list)
         self._active: set[int] = set()
+
+    def _reset_lock(self) -> None:
+        # One lock guards the backend's state; the condition on it lets the
+        # calls of several threads take turns at polling (see ``wait``).
+        self._lock = threading.RLock()
+        self._turns = threading.Condition(self._lock)
+        self._polling = False
 
     @abstractmethod
     def submit(self, chunk: Chunk) -> None:
@@ -165,24 +174,34 @@ class Backend(ABC):
             self._active.add(job.id)
 
     def wait(self, job: Job, timeout: float | None) -> list[Outcome]:
-        """``job``'s outcomes, waiting up to ``timeout`` seconds for at least one."""
+        """``job``'s outcomes, waiting up to ``timeout`` seconds for at least one.
+
+        Calls from several threads may share a backend. One of them at a time
+        polls, for everyone: what it collects for another job is held for
+        that job, and the others are woken to look. Polling holds the lock,
+        so while other jobs are active it polls in short slices, and their
+        threads can submit between them."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
+        with self._lock:
+            while True:
                 mine = self._held.pop(job.id, None)
                 if mine:
                     return mine
-                # Poll in short slices so that another thread sharing this
-                # backend can submit between them.
-                remaining = 0.1 if deadline is None else max(0.0, deadline - time.monotonic())
-                for outcome in self._poll(min(remaining, 0.1)):
-                    if outcome.job_id in self._active:  # late results of ended jobs are dropped
-                        self._held[outcome.job_id].append(outcome)
-                mine = self._held.pop(job.id, None)
-                if mine:
-                    return mine
-            if deadline is not None and time.monotonic() >= deadline:
-                return []
+                remaining = POLL_SLICE if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                if self._polling:  # another thread polls; it wakes us when it has news
+                    self._turns.wait(min(remaining, POLL_SLICE))
+                    continue
+                self._polling = True
+                try:
+                    slice_ = POLL_SLICE if len(self._active) <= 1 else SHARED_POLL_SLICE
+                    for outcome in self._poll(min(remaining, slice_)):
+                        if outcome.job_id in self._active:  # results of ended jobs are dropped
+                            self._held[outcome.job_id].append(outcome)
+                finally:
+                    self._polling = False
+                    self._turns.notify_all()
 
     def end_job(self, job: Job) -> None:
         """Forget ``job``: called when its call returns or is abandoned."""

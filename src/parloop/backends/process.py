@@ -34,9 +34,7 @@ worker would keep its own pipe open and outlive a killed caller (see
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import time
 import weakref
 from multiprocessing.connection import wait as wait_for
@@ -46,7 +44,7 @@ from .. import _cpu, _pickling
 from .._cpu import default_start_method
 from .._options import Options
 from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from . import _children, _shm, _worker
+from . import _children, _launch, _shm, _worker
 from ._children import Sent, Worker
 from ._results import crash_outcome, decode_done
 from .base import Backend, Chunk, Job, Outcome
@@ -73,6 +71,7 @@ class ProcessBackend(Backend):
         self._outcomes: list[Outcome] = []
         # each job pickled once, big buffers out of band (see _assign)
         self._payloads: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
+        self._main_by_value: set[int] = set()  # jobs whose items go by value to every worker
         self._pool: list[Worker] = []
         self._inherited = False
         _children.track(self)
@@ -84,7 +83,7 @@ class ProcessBackend(Backend):
         # Re-decided per worker: a replacement forked into a caller that has
         # started threads since would risk a deadlock.
         method = self._explicit_method or default_start_method()
-        return _children.start(multiprocessing.get_context(method), self._threads, IDLE_TIMEOUT)
+        return _children.start(method, self._threads, IDLE_TIMEOUT)
 
     def _send(self, worker: Worker, message: tuple[Any, ...]) -> bool:
         try:
@@ -120,16 +119,21 @@ class ProcessBackend(Backend):
             self._send(worker, ("job", job.id, self._payloads[job]))
             worker.jobs.add(job.id)
         count = len(chunk.items)
+        # Items naming classes of __main__ go by value to a worker that may
+        # lack them: one not forked from this process, or one that failed to
+        # load them by reference already (the class is newer than the worker).
+        by_value = not worker.forked or job.id in self._main_by_value
         if not split:
             try:
                 message: tuple[Any, ...] = ("chunk", job.id, chunk.start, count,
-                                            _shm.pack(chunk.items))
+                                            _pack_items(chunk.items, by_value))
             except Exception:
                 split = True
         if split:
             message = ("split", job.id, chunk.start, count,
-                       [_pickled_item(chunk.start + i, x) for i, x in enumerate(chunk.items)])
-        worker.inflight.append(Sent(chunk, chunk.start, split))
+                       [_pickled_item(chunk.start + i, x, by_value)
+                        for i, x in enumerate(chunk.items)])
+        worker.inflight.append(Sent(chunk, chunk.start, split, by_value))
         self._send(worker, message)
 
     def started(self) -> bool:
@@ -156,6 +160,7 @@ class ProcessBackend(Backend):
     def end_job(self, job: Job) -> None:
         with self._lock:
             super().end_job(job)
+            self._main_by_value.discard(job.id)
             for worker in self._pool:
                 if job.id in worker.jobs:
                     worker.jobs.discard(job.id)
@@ -214,9 +219,13 @@ class ProcessBackend(Backend):
         elif kind == "resend":
             sent = worker.inflight.popleft()
             # The worker runs the resent chunk after those already queued, so
-            # it goes to the back of inflight too.
+            # it goes to the back of inflight too. Sent by value first (it may
+            # name a class of __main__ the worker lacks), then item by item.
             if sent.cancelled_at is None:
-                self._assign(worker, sent.chunk, split=True)
+                by_value_first = not sent.by_value and not sent.split
+                if by_value_first:
+                    self._main_by_value.add(sent.chunk.job.id)
+                self._assign(worker, sent.chunk, split=not by_value_first)
         elif kind == "done":
             _, _, start, blobs, errors, busy, final, slowest, wrapped = message
             sent = worker.inflight[0]
@@ -313,12 +322,22 @@ class ProcessBackend(Backend):
         """In a forked child: these workers are the parent's. Drop them
         without a word to them; a call made here starts a pool of its own."""
         self._pool, self._outcomes, self._inherited = [], [], True
-        self._lock = threading.RLock()  # another thread may have held it at the fork
+        self._reset_lock()  # another thread may have held it at the fork
 
 
-def _pickled_item(index: int, item: Any) -> tuple[str, Any]:
+def _pack_items(items: Any, by_value: bool) -> Any:
+    """``items`` ready to send; by value (cloudpickle) when ``by_value`` and
+    their pickle names something of ``__main__``."""
+    packed = _shm.pack(items, fallback=_pickling.dumps)  # a class made in a function, say
+    if by_value and _pickling.mentions_main(packed.blob if isinstance(packed, _shm.Packed)
+                                            else packed):
+        packed = _shm.pack(items, _pickling.dumps)
+    return packed
+
+
+def _pickled_item(index: int, item: Any, by_value: bool) -> tuple[str, Any]:
     try:
-        return ("item", _shm.pack(item))
+        return ("item", _pack_items(item, by_value))
     except Exception:
         error = _pickling.explain_item(index, item)
         return ("failed", _worker.dump_value(error))
@@ -329,7 +348,7 @@ def prepare(options: Options) -> None:
     started from the caller's own thread (it briefly sets an environment
     variable, which another thread must not do while this one runs)."""
     if (options.start_method or default_start_method()) == "forkserver":
-        _children.prepare_forkserver()
+        _launch.ensure_running()
 
 
 def create(workers: int, options: Options) -> ProcessBackend:
