@@ -3,6 +3,9 @@
 * ``progress=True`` on a terminal, with tqdm installed (``pip install
   'parloop[progress]'``): a tqdm bar counted in items, never in chunks, with
   the total when known; without tqdm, one self-overwriting stderr line.
+* ``progress=True`` in a Jupyter kernel: tqdm's widget bar when ipywidgets
+  is installed too, else tqdm's text bar (the notebook redraws it in place),
+  else the self-overwriting line.
 * ``progress=True`` when stderr is a file or a CI log: a single summary line
   at the end, so logs never fill with carriage-return spam.
 * ``progress=callable``: ``callable(done, total)`` after every batch of
@@ -11,6 +14,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import time
 from collections.abc import Callable
@@ -67,9 +71,9 @@ class _Tqdm(Progress):
 class _Counter(Progress):
     """A dependency-free stderr counter that behaves in logs."""
 
-    def __init__(self, total: int | None, label: str) -> None:
+    def __init__(self, total: int | None, label: str, interactive: bool) -> None:
         super().__init__(total, label)
-        self.interactive = sys.stderr.isatty()
+        self.interactive = interactive
         self.shown = 0.0
 
     def _line(self) -> str:
@@ -94,6 +98,19 @@ class _Counter(Progress):
         sys.stderr.flush()
 
 
+def in_notebook() -> bool:
+    """Whether this code runs in a Jupyter kernel (which shows output live,
+    though stderr is no terminal there)."""
+    ipython = sys.modules.get("IPython")
+    if ipython is None or "ipykernel" not in sys.modules:
+        return False
+    try:
+        shell = ipython.get_ipython()
+    except Exception:
+        return False
+    return getattr(shell, "kernel", None) is not None
+
+
 def make_progress(option: bool | Callable[[int, int | None], None], total: int | None,
                   label: str) -> Progress | None:
     """The reporter ``progress=option`` asks for, or None."""
@@ -101,10 +118,14 @@ def make_progress(option: bool | Callable[[int, int | None], None], total: int |
         return None
     if callable(option) and not isinstance(option, bool):
         return _Callback(total, label, option)
-    if not sys.stderr.isatty():
-        return _Counter(total, label)  # a log: one summary line, no redraws
+    notebook = in_notebook()
+    if not notebook and not sys.stderr.isatty():
+        return _Counter(total, label, interactive=False)  # a log: one summary line, no redraws
     try:
-        from tqdm.auto import tqdm
+        if notebook and importlib.util.find_spec("ipywidgets") is not None:
+            from tqdm.notebook import tqdm
+        else:
+            from tqdm import tqdm
     except ImportError:
-        return _Counter(total, label)
+        return _Counter(total, label, interactive=True)
     return _Tqdm(total, label, tqdm)

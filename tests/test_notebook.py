@@ -1,0 +1,188 @@
+"""A real Jupyter kernel, executing cells through nbclient as a notebook
+would: functions defined in cells, a lambda, top-level ``await``, a cell run
+again with a new body, a kernel interrupt during a long call, a progress
+bar, and nothing left running once the kernel shuts down."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+import pytest
+
+# jupyter_client's own deprecation (datetime.utcnow on 3.12+), not ours
+pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
+
+nbformat = pytest.importorskip("nbformat")
+nbclient = pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != b"Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+class Notebook:
+    """Cells run one at a time in one kernel; each returns its outputs."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.nb = client.nb
+        self.count = 0
+
+    def run(self, source: str, allow_error: bool = False) -> list[dict[str, Any]]:
+        cell = nbformat.v4.new_code_cell(source)
+        if allow_error:
+            cell.metadata["tags"] = ["raises-exception"]
+        self.nb.cells.append(cell)
+        self.client.execute_cell(cell, len(self.nb.cells) - 1)
+        return list(cell.outputs)
+
+    def text(self, source: str) -> str:
+        """What a cell printed on stdout (a failing cell fails the test, with its traceback)."""
+        outputs = self.run(source)
+        return "".join(o.get("text", "") for o in outputs if o.get("name") == "stdout")
+
+
+@pytest.fixture
+def notebook() -> Any:
+    nb = nbformat.v4.new_notebook()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
+    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=120, startup_timeout=60)
+    with client.setup_kernel(env=env):
+        book = Notebook(client)
+        kernel = int(book.text("import os; print(os.getpid())"))
+        yield book
+        everyone = _descendants(kernel) | {kernel}
+    # The kernel has shut down: nothing it started may outlive it.
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_alive(pid) for pid in everyone):
+        time.sleep(0.1)
+    assert not [pid for pid in everyone if _alive(pid)], "processes outlived the kernel"
+
+
+@pytest.mark.no_census  # the kernel is a child of ours; the fixture checks what it leaves
+@pytest.mark.timeout(240)
+def test_cell_functions_lambdas_await_and_a_cell_run_again(notebook: Notebook) -> None:
+    notebook.text("from parloop import parallel_for\nimport time")
+    out = notebook.text(
+        '@parallel_for(backend="process", workers=2)\n'
+        "def f(x):\n"
+        "    return x * x\n"
+        "print(f(range(8)), f.last_plan.backend)")
+    assert out.strip() == "[0, 1, 4, 9, 16, 25, 36, 49] process"
+    # The same name, a new body: the workers must run the new one.
+    out = notebook.text(
+        '@parallel_for(backend="process", workers=2)\n'
+        "def f(x):\n"
+        "    return -x\n"
+        "print(f(range(4)))")
+    assert out.strip() == "[0, -1, -2, -3]"
+    out = notebook.text('print(parallel_for(lambda x: x + 1, backend="process", workers=2)(range(3)))')
+    assert out.strip() == "[1, 2, 3]"
+    assert notebook.text("print(await f.amap(range(3)))").strip() == "[0, -1, -2]"
+    # A global the function reads, changed between calls, is seen as it is now.
+    out = notebook.text(
+        "scale = 10\n"
+        '@parallel_for(backend="process", workers=2)\n'
+        "def g(x):\n"
+        "    return x * scale\n"
+        "first = g(range(3))\n"
+        "scale = 100\n"
+        "print(first, g(range(3)))")
+    assert out.strip() == "[0, 10, 20] [0, 100, 200]"
+    # The plain decorator: whatever it chooses, the results are right.
+    out = notebook.text(
+        "@parallel_for\n"
+        "def h(x):\n"
+        "    time.sleep(0.02)\n"
+        "    return x * 3\n"
+        "print(h(range(40)) == [x * 3 for x in range(40)])")
+    assert out.strip() == "True"
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(240)
+def test_cells_with_numpy(notebook: Notebook) -> None:
+    pytest.importorskip("numpy")
+    out = notebook.text(
+        "import numpy as np\n"
+        "from parloop import parallel_for\n"
+        '@parallel_for(backend="process", workers=2)\n'
+        "def norm(n):\n"
+        "    return float(np.linalg.norm(np.ones(n)))\n"
+        "print([round(v, 3) for v in norm([1, 4, 9])], norm.last_plan.backend)")
+    assert out.strip() == "[1.0, 2.0, 3.0] process"
+    out = notebook.text(
+        "@parallel_for\n"
+        "def total(n):\n"
+        "    return int(np.arange(n).sum())\n"
+        "print(total(range(200)) == [n * (n - 1) // 2 for n in range(200)])")
+    assert out.strip() == "True"
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(240)
+def test_a_kernel_interrupt_stops_a_long_call(notebook: Notebook) -> None:
+    notebook.text("from parloop import parallel_for\nimport os, time\n"
+                  'slow = parallel_for(time.sleep, backend="process", workers=2)\n'
+                  'pids = parallel_for(lambda _: os.getpid(), backend="process", workers=2)')
+    workers = json.loads(notebook.text("import json; print(json.dumps(sorted(set(pids(range(8))))))"))
+    client = notebook.client
+    client.timeout, client.interrupt_on_timeout = 4, True
+    client.error_on_timeout = {"ename": "Timeout", "evalue": "interrupted", "traceback": []}
+    began = time.monotonic()
+    outputs = notebook.run("slow([60] * 8)", allow_error=True)
+    client.timeout, client.interrupt_on_timeout = 120, False
+    errors = [o for o in outputs if o.get("output_type") == "error"]
+    assert [e["ename"] for e in errors] == ["KeyboardInterrupt"], outputs
+    # The kernel is usable at once, and the interrupted call's workers are gone.
+    assert notebook.text("print(sum(parallel_for(abs, backend='process', workers=2)(range(-5, 5))))"
+                         ).strip() == "25"
+    assert time.monotonic() - began < 60
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive(pid)], "the interrupted call's workers live on"
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(240)
+def test_progress_is_a_live_bar_in_a_notebook(notebook: Notebook) -> None:
+    pytest.importorskip("tqdm")
+    pytest.importorskip("ipywidgets")
+    outputs = notebook.run(
+        "from parloop import parallel_for\n"
+        "import time\n"
+        "def step(x):\n"
+        "    time.sleep(0.01)\n"
+        "    return x\n"
+        "print(len(parallel_for(step, progress=True, workers=2)(range(50))))")
+    widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    assert widgets, f"no widget among {outputs}"
+    assert any(o.get("text", "").strip() == "50" for o in outputs)

@@ -1,0 +1,138 @@
+"""The interactive interpreter, driven through a real pseudo-terminal: what
+a user types, and a real Ctrl-C from the terminal (the line discipline
+sends SIGINT to the whole foreground process group, workers included)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import re
+import select
+import signal
+import sys
+import time
+
+import pytest
+
+ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
+
+
+class Terminal:
+    """A Python REPL on the child side of a pty."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: a session leader whose terminal is the pty
+            os.execve(sys.executable, [sys.executable, "-q"], env)
+        self.seen = b""
+
+    def read_until(self, pattern: bytes, timeout: float = 30) -> bytes:
+        """Everything up to and including ``pattern`` (escape codes removed)."""
+        deadline = time.monotonic() + timeout
+        while pattern not in ANSI.sub(b"", self.seen):
+            left = deadline - time.monotonic()
+            assert left > 0, f"no {pattern!r} after {timeout} s; saw:\n{self.text()}"
+            ready, _, _ = select.select([self.fd], [], [], min(left, 0.2))
+            if ready:
+                try:
+                    self.seen += os.read(self.fd, 65536)
+                except OSError:  # the child closed the terminal
+                    break
+        clean = ANSI.sub(b"", self.seen)
+        head, _, tail = clean.partition(pattern)
+        self.seen = tail
+        return head + pattern
+
+    def type(self, *lines: str) -> None:
+        for line in lines:
+            os.write(self.fd, line.encode() + b"\n")
+            time.sleep(0.05)  # as a person types: one line at a time
+
+    def text(self) -> str:
+        return ANSI.sub(b"", self.seen).decode(errors="replace")
+
+    def close(self) -> int:
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.close(self.fd)
+        return os.waitpid(self.pid, 0)[1]
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    fields = stat.read().rsplit(b")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != b"Z":
+                children.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+REPLS = ["default"] + (["basic"] if sys.version_info >= (3, 13) else [])
+
+
+@pytest.mark.no_census  # the REPL is a grandchild of ours: the test checks it itself
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("repl", REPLS)
+def test_two_decorated_functions_and_a_ctrl_c_at_the_prompt(repl: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
+    env["TERM"] = "dumb" if repl == "basic" else "xterm"
+    if repl == "basic":
+        env["PYTHON_BASIC_REPL"] = "1"
+    term = Terminal(env)
+    try:
+        term.read_until(b">>> ")
+        term.type("from parloop import parallel_for", "import time")
+        term.read_until(b">>> ")
+        term.type('@parallel_for(backend="process", workers=2)', "def a(x): return x * 2", "")
+        term.read_until(b">>> ")
+        term.type('print("A:", a(range(6)))')
+        assert b"A: [0, 2, 4, 6, 8, 10]" in term.read_until(b"]")
+        # A second function, defined after the first call started the pool.
+        term.type('@parallel_for(backend="process", workers=2)', "def b(x): return x + 100", "")
+        term.read_until(b">>> ")
+        term.type('print("B:", b(range(3)))')
+        assert b"B: [100, 101, 102]" in term.read_until(b"]")
+
+        term.type("slow = parallel_for(time.sleep, backend='process', workers=2)",
+                  "slow([30] * 8)")
+        time.sleep(1.5)  # the call is under way
+        os.write(term.fd, b"\x03")  # Ctrl-C, as a keyboard sends it
+        began = time.monotonic()
+        after = term.read_until(b"KeyboardInterrupt", timeout=20)
+        term.read_until(b">>> ", timeout=20)
+        took = time.monotonic() - began
+        assert took < 10, f"took {took:.1f} s to come back to the prompt"
+        assert after.count(b"Traceback") <= 1, after.decode(errors="replace")
+
+        time.sleep(0.5)
+        term.type('print("again:", a(range(3)))')  # the function still works afterwards
+        assert b"again: [0, 2, 4]" in term.read_until(b"]")
+        term.read_until(b">>> ")
+        workers = _descendants(term.pid)
+        term.type("exit()")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers | {term.pid}):
+            time.sleep(0.1)
+        assert not any(_alive(pid) for pid in workers), "workers outlived the REPL"
+    finally:
+        term.close()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
