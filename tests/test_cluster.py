@@ -17,6 +17,7 @@ import logging
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -358,3 +359,43 @@ def test_dask_client_and_address_options(engine: Engine) -> None:
 
 def _clients(client: Any) -> int:
     return len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
+
+
+# -- what a script defines -----------------------------------------------------------------
+
+
+def _defined_in_main(monkeypatch: pytest.MonkeyPatch) -> tuple[type, Any]:
+    """A class and a function as a script defines them: in ``__main__``,
+    which a cluster worker never shares with the caller."""
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(textwrap.dedent("""
+        class Point:
+            def __init__(self, x):
+                self.x = x
+
+        def double(p):
+            return Point(2 * p.x)
+    """), namespace)
+    main = sys.modules["__main__"]
+    monkeypatch.setattr(main, "Point", namespace["Point"], raising=False)
+    monkeypatch.setattr(main, "double", namespace["double"], raising=False)
+    return namespace["Point"], namespace["double"]
+
+
+@pytest.mark.timeout(60)
+def test_classes_and_functions_of_main_travel_by_value(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    point, double = _defined_in_main(monkeypatch)
+    out = parallel_for(double, **engine.options)([point(i) for i in range(5)])
+    assert [p.x for p in out] == [0, 2, 4, 6, 8]
+    assert all(type(p) is point for p in out)  # the caller's own class, not a copy
+
+
+@pytest.mark.timeout(60)
+def test_a_ray_address_other_than_the_running_ray_is_not_silently_ignored(engine: Engine) -> None:
+    if engine.name != "ray":
+        pytest.skip("a Ray option")
+    from parloop import ParloopWarning
+
+    with pytest.warns(ParloopWarning, match="already initialised"):
+        parallel_for(square, address="10.9.8.7:6379", **engine.options)(range(3))

@@ -136,3 +136,32 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except OSError:
         return False
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("delay", [0.05, 0.3, 0.8])
+def test_ctrl_c_while_the_fork_server_starts_prints_one_traceback(delay: float) -> None:
+    # With NumPy imported the caller has threads, so the pool starts from
+    # parloop's fork server, which imports NumPy itself as it starts: a
+    # Ctrl-C then can land in the server as well as in the caller.
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
+    env["TERM"] = "dumb"
+    env["PYTHON_BASIC_REPL"] = "1"
+    term = Terminal(env)
+    try:
+        term.read_until(b">>> ")
+        term.type("import numpy, time", "from parloop import parallel_for")
+        term.read_until(b">>> ")
+        term.type("parallel_for(time.sleep, backend='process', workers=2)([30] * 8)")
+        time.sleep(delay)
+        os.write(term.fd, b"\x03")
+        after = term.read_until(b"KeyboardInterrupt", timeout=30)
+        after += term.read_until(b">>> ", timeout=30)
+        time.sleep(1.0)  # a traceback from another process would show by now
+        after += ANSI.sub(b"", term.seen)
+        assert after.count(b"Traceback") == 1, after.decode(errors="replace")
+        assert after.count(b"KeyboardInterrupt") == 1, after.decode(errors="replace")
+    finally:
+        term.close()

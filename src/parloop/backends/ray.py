@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from typing import Any
 
 from .._options import Options
+from ..errors import ParloopWarning
 from ._cluster import ClusterBackend, Reply, _JobState, run_chunk_remote
 from .base import Chunk
 
@@ -41,6 +43,8 @@ class RayBackend(ClusterBackend):
                     ray.init(num_cpus=workers, include_dashboard=False,
                              logging_level=logging.ERROR)
                 _started = True
+            else:
+                _warn_if_elsewhere(ray, address)
             self._counted = _started
             _users += self._counted
         # max_retries=0: a task whose worker dies comes back at once as
@@ -100,6 +104,26 @@ class RayBackend(ClusterBackend):
             if self._counted and _users == 0 and _started:
                 self._ray.shutdown()
                 _started = False
+
+
+def _warn_if_elsewhere(ray: Any, address: str | None) -> None:
+    """``address=`` names another cluster than the Ray this process already
+    joined, which is the one parloop uses: say so rather than ignore it."""
+    if address is None or address == "auto":
+        return
+    try:
+        current = ray.get_runtime_context().gcs_address
+    except Exception:
+        current = None
+    wanted = address.removeprefix("ray://")
+    host, _, port = wanted.rpartition(":")
+    local = host in ("127.0.0.1", "localhost") and str(current).endswith(f":{port}")
+    if current and (wanted == current or local):
+        return
+    warnings.warn(
+        f"parloop: Ray is already initialised in this process (at {current or 'an unknown address'}), "
+        f"so address={address!r} is not used. Call ray.shutdown() first to connect elsewhere.",
+        ParloopWarning, stacklevel=2)
 
 
 def create(workers: int, options: Options) -> RayBackend:
