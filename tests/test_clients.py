@@ -205,7 +205,7 @@ import json, sys, threading, time
 from parloop import parallel_for
 
 def work(x):
-    time.sleep(0.002)
+    time.sleep(0.02)  # enough that the first calls ask what a pool costs, and start one
     return x * x
 
 barrier = threading.Barrier(20)
@@ -310,9 +310,14 @@ def test_a_threaded_server_shares_one_pool_of_at_most_cpu_count_workers() -> Non
 
         replies: list[Any] = []
 
+        failures: list[str] = []
+
         def ask(n: int) -> None:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/{n}", timeout=60) as reply:
-                replies.append((n, json.loads(reply.read())))
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/{n}", timeout=60) as reply:
+                    replies.append((n, json.loads(reply.read())))
+            except Exception as exc:
+                failures.append(f"{n}: {exc!r}")
 
         watcher = threading.Thread(target=watch)
         watcher.start()
@@ -326,6 +331,7 @@ def test_a_threaded_server_shares_one_pool_of_at_most_cpu_count_workers() -> Non
     finally:
         server.terminate()
         _, err = server.communicate(timeout=30)
+    assert not failures, f"{failures}\n{err}"
     assert len(replies) == 20
     for n, reply in replies:
         assert reply["result"] == [x * x for x in range(n)]

@@ -78,8 +78,10 @@ def startup_key(method: str) -> str:
     """``method``, told apart by whether its fork server still has to start."""
     if method != "forkserver":
         return method
-    forkserver = sys.modules.get("parloop.backends._launch")
-    running = forkserver is not None and forkserver.server_pid() is not None
+    # Read without importing it, and safely while another thread still is
+    # importing it (then its server is surely not running yet).
+    server_pid = getattr(sys.modules.get("parloop.backends._launch"), "server_pid", None)
+    running = server_pid is not None and server_pid() is not None
     return method if running else "forkserver-cold"
 
 
