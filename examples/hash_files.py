@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=40, help="files in the demo tree")
     parser.add_argument("--backend", default="auto", choices=["auto", "process", "thread", "serial"])
     parser.add_argument("--start-method", choices=["fork", "forkserver", "spawn"],
-                        default=os.environ.get("PARLOOP_START_METHOD") or None)
+                        default=None)  # None: parloop reads $PARLOOP_START_METHOD
     args = parser.parse_args()
 
     if args.directory is not None:

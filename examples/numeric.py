@@ -14,7 +14,6 @@ Run it:  python examples/numeric.py [--limit N] [--block N]
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 from parloop import cpu_count, parallel_for
@@ -48,7 +47,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=400_000, help="count primes below this")
     parser.add_argument("--block", type=int, default=5_000, help="numbers per item")
     parser.add_argument("--start-method", choices=["fork", "forkserver", "spawn"],
-                        default=os.environ.get("PARLOOP_START_METHOD") or None)
+                        default=None)  # None: parloop reads $PARLOOP_START_METHOD
     args = parser.parse_args()
     blocks = [(start, min(start + args.block, args.limit))
               for start in range(0, args.limit, args.block)]

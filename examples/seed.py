@@ -42,7 +42,7 @@ def work(x: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--start-method", choices=["fork", "forkserver", "spawn"],
-                        default=os.environ.get("PARLOOP_START_METHOD") or None)
+                        default=None)  # None: parloop reads $PARLOOP_START_METHOD
     args = parser.parse_args()
 
     print(f"cpu_count() = {cpu_count()} usable CPUs (os.cpu_count() = {os.cpu_count()})")

@@ -4,6 +4,7 @@ sends SIGINT to the whole foreground process group, workers included)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pty
 import re
@@ -52,10 +53,8 @@ class Terminal:
         return ANSI.sub(b"", self.seen).decode(errors="replace")
 
     def close(self) -> int:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         os.close(self.fd)
         return os.waitpid(self.pid, 0)[1]
 
