@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import procs
 import pytest
 
 from parloop import _scope
@@ -34,21 +35,6 @@ def backend(request: pytest.FixtureRequest) -> dict[str, Any]:
     if method is not None:
         options["start_method"] = method
     return options
-
-
-def _children() -> set[int]:
-    me = str(os.getpid())
-    found = set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1].decode() == me and fields[0] != b"Z":
-                found.add(int(entry))
-    return found
 
 
 def _fds() -> set[str]:
@@ -86,7 +72,7 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     deadline = time.monotonic() + 5
     while True:
-        children = _children() - _infrastructure()
+        children = procs.children(os.getpid()) - _infrastructure()
         threads = [t for t in threading.enumerate() if t.ident not in before_threads
                    and not t.name.startswith(("parloop-async", "asyncio"))]
         fds = _fds() - before_fds

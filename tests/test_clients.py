@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from helpers import pid_of, square
+from procs import descendants
 
 from parloop import cpu_count, parallel_for
 
@@ -265,31 +266,6 @@ server.serve_forever()
 """
 
 
-def _workers_under(pid: int) -> int:
-    """parloop worker processes among ``pid``'s descendants (they name themselves)."""
-    children: dict[int, list[int]] = {}
-    names: dict[int, str] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as stat:
-                head, rest = stat.read().rsplit(b")", 1)
-        except OSError:
-            continue
-        fields = rest.split()
-        if fields[0] == b"Z":
-            continue
-        names[int(entry)] = head.split(b"(", 1)[1].decode(errors="replace")
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = 0, [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found += names[child] == "parloop-worker"
-            todo.append(child)
-    return found
-
-
 @pytest.mark.timeout(180)
 def test_a_threaded_server_shares_one_pool_of_at_most_cpu_count_workers() -> None:
     server = subprocess.Popen([sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
@@ -303,7 +279,7 @@ def test_a_threaded_server_shares_one_pool_of_at_most_cpu_count_workers() -> Non
         def watch() -> None:
             nonlocal most, seen_any
             while not stop.is_set():
-                count = _workers_under(server.pid)
+                count = len(descendants(server.pid, "parloop-worker"))
                 most = max(most, count)
                 seen_any = seen_any or count > 0
                 time.sleep(0.01)

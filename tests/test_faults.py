@@ -45,6 +45,7 @@ from helpers import (
     sleep_then,
     square,
 )
+from procs import alive, descendants, wait_gone
 
 from parloop import (
     RemoteUnpicklingError,
@@ -69,15 +70,6 @@ def process_pool(method: str, workers: int = 2, **options: Any) -> Any:
     return parallel_for(backend="process", workers=workers, start_method=method, **options)
 
 
-def live(pid: int) -> bool:
-    """True while ``pid`` is a running process (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
 def worker_pids() -> set[int]:
     """The pids of the workers of the active block's pool. Items are handed
     to the worker holding fewest, so four of them reach both workers."""
@@ -87,7 +79,7 @@ def worker_pids() -> set[int]:
 def assert_full_strength(gone: int | None = None) -> set[int]:
     pids = worker_pids()
     assert len(pids) == 2, f"expected 2 live workers, saw {pids}"
-    assert all(live(pid) for pid in pids)
+    assert all(alive(pid) for pid in pids)
     assert gone not in pids
     return pids
 
@@ -238,23 +230,6 @@ def test_the_timeout_clock_starts_when_the_item_starts() -> None:
 # -- Ctrl-C, and a caller killed outright ------------------------------------------------
 
 
-def _descendants(root: int) -> set[int]:
-    parents: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    parents[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
-            except (OSError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = {root}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    return found
-
-
 def _start_script(name: str, *args: str) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """Run tests/scripts/``name`` in a session of its own; wait for its report."""
     process = subprocess.Popen([sys.executable, str(SCRIPTS / name), *args], text=True,
@@ -269,18 +244,11 @@ def _start_script(name: str, *args: str) -> tuple[subprocess.Popen[str], dict[st
     return process, json.loads(line)
 
 
-def _wait_gone(pids: set[int], seconds: float) -> set[int]:
-    deadline = time.monotonic() + seconds
-    while (alive := {pid for pid in pids if live(pid)}) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return alive
-
-
 def _reap(process: subprocess.Popen[str], pids: set[int]) -> str:
     """Kill whatever is left of the script and its processes; its stderr.
     (A survivor holding the script's stderr would make reading it hang.)"""
-    for pid in pids | _descendants(process.pid):
-        if live(pid):
+    for pid in pids | descendants(process.pid):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
     if process.poll() is None:
         process.kill()
@@ -299,7 +267,7 @@ INTERRUPTS = [("fork", "map", "caller"), ("fork", "iter", "group"),
 def test_ctrl_c_stops_the_call_with_one_traceback_and_no_survivors(
         method: str, form: str, target: str) -> None:
     process, facts = _start_script("interrupted.py", method, form)
-    everyone = _descendants(process.pid)
+    everyone = descendants(process.pid)
     try:
         assert len(facts["workers"]) == 2 and set(facts["workers"]) <= everyone
         time.sleep(0.5)  # the long call is under way
@@ -310,7 +278,7 @@ def test_ctrl_c_stops_the_call_with_one_traceback_and_no_survivors(
             os.kill(process.pid, signal.SIGINT)
         process.wait(timeout=20)
         took = time.monotonic() - began
-        survivors = _wait_gone(everyone, 5)
+        survivors = wait_gone(everyone, 5)
     finally:
         err = _reap(process, everyone)
     assert took < 5, f"took {took:.1f} s to stop"  # 2 s is the promise; 5 s under load
@@ -326,14 +294,14 @@ def test_ctrl_c_while_the_pool_starts_and_the_caller_runs_an_item() -> None:
     try:
         assert facts["caller_busy"] == process.pid
         time.sleep(0.5)  # the pool's workers, if started, are among the descendants now
-        everyone = _descendants(process.pid)
+        everyone = descendants(process.pid)
         began = time.monotonic()
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=20)
         took = time.monotonic() - began
-        survivors = _wait_gone(everyone, 5)
+        survivors = wait_gone(everyone, 5)
     finally:
-        err = _reap(process, _descendants(process.pid) | everyone)
+        err = _reap(process, descendants(process.pid) | everyone)
     assert took < 5, f"took {took:.1f} s to stop"
     assert not survivors, f"processes survived the Ctrl-C: {sorted(survivors)}"
     assert err.count("Traceback (most recent call last)") == 1, err
@@ -343,14 +311,14 @@ def test_ctrl_c_while_the_pool_starts_and_the_caller_runs_an_item() -> None:
 @pytest.mark.timeout(60)
 def test_workers_exit_when_their_caller_is_killed(method: str) -> None:
     process, facts = _start_script("orphaned.py", method)
-    everyone = _descendants(process.pid)
+    everyone = descendants(process.pid)
     try:
         assert set(facts["workers"]) <= everyone
         time.sleep(0.3)
         process.kill()
         process.wait(timeout=20)
         # They notice at once; 10 s allows for a loaded machine.
-        survivors = _wait_gone(everyone, 10)
+        survivors = wait_gone(everyone, 10)
     finally:
         _reap(process, everyone)
     assert not survivors, f"orphans left running: {sorted(survivors)}"

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from procs import descendants, wait_gone
 
 # jupyter_client's own deprecation (datetime.utcnow on 3.12+), not ours
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")
@@ -18,33 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:Depreca
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != b"Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
 
 
 class Notebook:
@@ -78,12 +52,9 @@ def notebook() -> Any:
         book = Notebook(client)
         kernel = int(book.text("import os; print(os.getpid())"))
         yield book
-        everyone = _descendants(kernel) | {kernel}
+        everyone = descendants(kernel) | {kernel}
     # The kernel has shut down: nothing it started may outlive it.
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and any(_alive(pid) for pid in everyone):
-        time.sleep(0.1)
-    assert not [pid for pid in everyone if _alive(pid)], "processes outlived the kernel"
+    assert not wait_gone(everyone, 20), "processes outlived the kernel"
 
 
 @pytest.mark.no_census  # the kernel is a child of ours; the fixture checks what it leaves
@@ -165,10 +136,7 @@ def test_a_kernel_interrupt_stops_a_long_call(notebook: Notebook) -> None:
     assert notebook.text("print(sum(parallel_for(abs, backend='process', workers=2)(range(-5, 5))))"
                          ).strip() == "25"
     assert time.monotonic() - began < 60
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
-        time.sleep(0.1)
-    assert not [pid for pid in workers if _alive(pid)], "the interrupted call's workers live on"
+    assert not wait_gone(set(workers), 10), "the interrupted call's workers live on"
 
 
 @pytest.mark.no_census

@@ -14,14 +14,20 @@ import sys
 import time
 
 import pytest
+from procs import descendants, wait_gone
 
 ANSI = re.compile(rb"\x1b\[[0-9;?]*[A-Za-z]|\x1b[=>]|\r")
 
 
 class Terminal:
-    """A Python REPL on the child side of a pty."""
+    """A Python REPL on the child side of a pty: the new one of 3.13+, or
+    the ``basic`` one (the only one before 3.13)."""
 
-    def __init__(self, env: dict[str, str]) -> None:
+    def __init__(self, basic: bool = False) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
+        env["TERM"] = "dumb" if basic else "xterm"
+        if basic:
+            env["PYTHON_BASIC_REPL"] = "1"
         self.pid, self.fd = pty.fork()
         if self.pid == 0:  # the child: a session leader whose terminal is the pty
             os.execve(sys.executable, [sys.executable, "-q"], env)
@@ -59,25 +65,6 @@ class Terminal:
         return os.waitpid(self.pid, 0)[1]
 
 
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as stat:
-                    fields = stat.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[0] != b"Z":
-                children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = set(), [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.add(child)
-            todo.append(child)
-    return found
-
-
 REPLS = ["default"] + (["basic"] if sys.version_info >= (3, 13) else [])
 
 
@@ -85,11 +72,7 @@ REPLS = ["default"] + (["basic"] if sys.version_info >= (3, 13) else [])
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("repl", REPLS)
 def test_two_decorated_functions_and_a_ctrl_c_at_the_prompt(repl: str) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
-    env["TERM"] = "dumb" if repl == "basic" else "xterm"
-    if repl == "basic":
-        env["PYTHON_BASIC_REPL"] = "1"
-    term = Terminal(env)
+    term = Terminal(basic=repl == "basic")
     try:
         term.read_until(b">>> ")
         term.type("from parloop import parallel_for", "import time")
@@ -119,22 +102,11 @@ def test_two_decorated_functions_and_a_ctrl_c_at_the_prompt(repl: str) -> None:
         term.type('print("again:", a(range(3)))')  # the function still works afterwards
         assert b"again: [0, 2, 4]" in term.read_until(b"]")
         term.read_until(b">>> ")
-        workers = _descendants(term.pid)
+        workers = descendants(term.pid)
         term.type("exit()")
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and any(_alive(pid) for pid in workers | {term.pid}):
-            time.sleep(0.1)
-        assert not any(_alive(pid) for pid in workers), "workers outlived the REPL"
+        assert not wait_gone(workers | {term.pid}, 20), "workers outlived the REPL"
     finally:
         term.close()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            return stat.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except OSError:
-        return False
 
 
 @pytest.mark.no_census
@@ -145,10 +117,7 @@ def test_ctrl_c_while_the_fork_server_starts_prints_one_traceback(delay: float) 
     # parloop's fork server, which imports NumPy itself as it starts: a
     # Ctrl-C then can land in the server as well as in the caller.
     pytest.importorskip("numpy")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PARLOOP_")}
-    env["TERM"] = "dumb"
-    env["PYTHON_BASIC_REPL"] = "1"
-    term = Terminal(env)
+    term = Terminal(basic=True)
     try:
         term.read_until(b">>> ")
         term.type("import numpy, time", "from parloop import parallel_for")
