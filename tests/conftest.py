@@ -52,7 +52,7 @@ def _infrastructure() -> set[int]:
         pids |= {p for p in (server, tracker) if p}
     except (ImportError, AttributeError):
         pass
-    from parloop.backends import _launch
+    from parloop.backends.process import launch as _launch
     own = _launch.server_pid()  # parloop's own fork server, shared by every test
     if own is not None:
         pids.add(own)

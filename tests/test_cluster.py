@@ -140,7 +140,7 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.mark.timeout(60)
 def test_import_parloop_imports_no_engine() -> None:
-    code = ("import sys, parloop; from parloop.backends import dask, ray; "
+    code = ("import sys, parloop; from parloop.backends.cluster import dask, ray; "
             "print(sorted(m for m in ('distributed', 'dask', 'ray') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=50, check=True)

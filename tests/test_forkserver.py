@@ -1,6 +1,6 @@
 """parloop's own fork server: the main script never runs in it nor in its
 workers, the libraries the script imported are loaded there once, and it
-is not multiprocessing's shared server (see ``parloop.backends._launch``)."""
+is not multiprocessing's shared server (see ``parloop.backends.process.launch``)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ SCRIPT = textwrap.dedent("""
         log.write(f"{os.getpid()} {__name__}\\n")
     from multiprocessing import forkserver
     from parloop import parallel_for
-    from parloop.backends import _launch
+    from parloop.backends.process import launch as _launch
 
     def facts(_):
         return os.getpid(), "email.mime.text" in sys.modules

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 
 from parloop import WorkerCrashedError, parallel_for
-from parloop.backends import _shm, _worker
+from parloop.backends.process import shm as _shm
+from parloop.backends.process import worker as _worker
 
 np = pytest.importorskip("numpy")
 

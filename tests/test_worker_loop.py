@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from parloop.backends import _shm, _worker
+from parloop.backends.process import shm as _shm
+from parloop.backends.process import worker as _worker
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -80,7 +80,7 @@ def startup_key(method: str) -> str:
         return method
     # Read without importing it, and safely while another thread still is
     # importing it (then its server is surely not running yet).
-    server_pid = getattr(sys.modules.get("parloop.backends._launch"), "server_pid", None)
+    server_pid = getattr(sys.modules.get("parloop.backends.process.launch"), "server_pid", None)
     running = server_pid is not None and server_pid() is not None
     return method if running else "forkserver-cold"
 
@@ -163,7 +163,7 @@ def _transfer_seconds(value: Any) -> tuple[float, int]:
     in chunks, one pickle call for many), plus its bytes through the pipe.
     Large buffers (NumPy arrays, bytes) are counted by size through protocol
     5's buffer_callback, not copied."""
-    from .backends import _shm
+    from .backends.process import shm as _shm
 
     global _call_overhead
     if _call_overhead is None:

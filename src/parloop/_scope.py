@@ -28,6 +28,7 @@ from .errors import BackendUnavailableError
 __all__ = ["Block", "Lease", "lease"]
 
 _EXTRAS = {"dask": ("distributed", "dask"), "ray": ("ray", "ray")}
+_MODULES = {"dask": "parloop.backends.cluster.dask", "ray": "parloop.backends.cluster.ray"}
 
 
 def create_backend(name: str, workers: int, options: Options) -> Backend:
@@ -40,7 +41,7 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
             raise BackendUnavailableError(
                 f"backend={name!r} needs the {package!r} package: pip install 'parloop[{extra}]'"
             ) from exc
-    module = importlib.import_module(f"parloop.backends.{name}")
+    module = importlib.import_module(_MODULES.get(name, f"parloop.backends.{name}"))
     started = time.perf_counter()
     key = _planner.startup_key(options.start_method or _cpu.default_start_method())
     backend: Backend = module.create(workers, options)
@@ -52,7 +53,7 @@ def create_backend(name: str, workers: int, options: Options) -> Backend:
 def prepare(name: str, options: Options) -> None:
     """What must happen in the caller's own thread before a backend starts in
     another one (a backend module may define ``prepare(options)``)."""
-    module = importlib.import_module(f"parloop.backends.{name}")
+    module = importlib.import_module(_MODULES.get(name, f"parloop.backends.{name}"))
     hook = getattr(module, "prepare", None)
     if hook is not None:
         hook(options)

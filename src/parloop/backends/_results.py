@@ -7,9 +7,9 @@ import pickle
 from typing import Any
 
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
-from . import _shm
-from ._worker import Pickled
 from .base import Chunk, Outcome
+from .process import shm as _shm
+from .process.worker import Pickled
 
 __all__ = ["crash_outcome", "decode_done", "rebuild_exception"]
 

@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from multiprocessing import util
 from typing import Any, Protocol
 
-from ..errors import short_repr
-from . import _launch, _worker
-from .base import Chunk
+from ...errors import short_repr
+from ..base import Chunk
+from . import launch as _launch
+from . import worker as _worker
 
 __all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop", "track"]
 

@@ -10,9 +10,9 @@ import queue
 import time
 from typing import Any
 
-from .._options import Options
-from ._cluster import ClusterBackend, Reply, _JobState, _Lost, run_chunk_remote
-from .base import Chunk
+from ..._options import Options
+from ..base import Chunk
+from .shared import ClusterBackend, Reply, _JobState, _Lost, run_chunk_remote
 
 __all__ = ["DaskBackend"]
 

@@ -33,9 +33,9 @@ from typing import Any
 
 import cloudpickle
 
-from .. import _state
-from .._options import block_var
-from . import _shm
+from ... import _state
+from ..._options import block_var
+from . import shm as _shm
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
 PROTOCOL = 5
@@ -322,7 +322,7 @@ def _unpickle_error(what: str, index: int | None, exc: BaseException,
                     pickling: bool = False) -> BaseException:
     """``what`` of item ``index`` (None: the job's function or arguments)
     failed to load (or, ``pickling``, to be pickled) in this worker."""
-    from ..errors import RemoteUnpicklingError
+    from ...errors import RemoteUnpicklingError
 
     where = "pickled in the worker" if pickling else "unpickled in the worker"
     whose = f"the {what} of item #{index}" if index is not None else f"the {what}"

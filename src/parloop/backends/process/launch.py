@@ -54,7 +54,7 @@ __all__ = ["context_for", "ensure_running", "libraries_of_main", "server_pid"]
 PRELOAD_PREFIX = "parloop-preload:"
 _server = forkserver.ForkServer()
 _server_lock = threading.Lock()
-_SERVER_MODULES = ("parloop.backends._server_init", "parloop.backends._worker")
+_SERVER_MODULES = ("parloop.backends.process.server_init", "parloop.backends.process.worker")
 # Packages of interactive shells and test runners: never worth preloading.
 _SKIP = frozenset({"IPython", "ipykernel", "jupyter_client", "traitlets", "zmq", "tornado",
                    "parloop", "_pytest", "pytest", "pluggy", "builtins", "__main__",

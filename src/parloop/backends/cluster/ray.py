@@ -13,10 +13,10 @@ import threading
 import warnings
 from typing import Any
 
-from .._options import Options
-from ..errors import ParloopWarning
-from ._cluster import ClusterBackend, Reply, _JobState, run_chunk_remote
-from .base import Chunk
+from ..._options import Options
+from ...errors import ParloopWarning
+from ..base import Chunk
+from .shared import ClusterBackend, Reply, _JobState, run_chunk_remote
 
 __all__ = ["RayBackend"]
 

@@ -57,11 +57,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .. import _pickling, _state
-from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from ._results import crash_outcome, decode_done
-from ._worker import Pickled, _unpickle_error, capture, dump_value
-from .base import Backend, Chunk, Job, Outcome
+from ... import _pickling, _state
+from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
+from .._results import crash_outcome, decode_done
+from ..base import Backend, Chunk, Job, Outcome
+from ..process.worker import Pickled, _unpickle_error, capture, dump_value
 
 __all__ = ["ClusterBackend", "run_chunk_remote"]
 

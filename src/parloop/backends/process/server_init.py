@@ -25,7 +25,7 @@ signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 def _requested() -> list[str]:
     """Our entries of the preload list that multiprocessing.forkserver.main
     (a caller of this import) is working through."""
-    from ._launch import PRELOAD_PREFIX
+    from .launch import PRELOAD_PREFIX
 
     frame = sys._getframe(1)
     while frame is not None:

@@ -40,14 +40,17 @@ import weakref
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
-from .. import _cpu, _pickling
-from .._cpu import default_start_method
-from .._options import Options
-from ..errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from . import _children, _launch, _shm, _worker
-from ._children import Sent, Worker
-from ._results import crash_outcome, decode_done
-from .base import Backend, Chunk, Job, Outcome
+from ... import _cpu, _pickling
+from ..._cpu import default_start_method
+from ..._options import Options
+from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
+from .._results import crash_outcome, decode_done
+from ..base import Backend, Chunk, Job, Outcome
+from . import children as _children
+from . import launch as _launch
+from . import shm as _shm
+from . import worker as _worker
+from .children import Sent, Worker
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
