@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from parloop._planner import format_seconds
+from parloop._plan import format_seconds
 
 from .runners import PEERS
 

@@ -138,15 +138,6 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
 # -- without a cluster ---------------------------------------------------------------------
 
 
-@pytest.mark.timeout(60)
-def test_import_parloop_imports_no_engine() -> None:
-    code = ("import sys, parloop; from parloop.backends.cluster import dask, ray; "
-            "print(sorted(m for m in ('distributed', 'dask', 'ray') if m in sys.modules))")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=50, check=True)
-    assert done.stdout.strip() == "[]"
-
-
 @pytest.mark.timeout(150)
 def test_example_runs_on_every_installed_engine() -> None:
     # Runs first, before the module's clusters start: it starts its own.

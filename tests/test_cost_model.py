@@ -9,19 +9,17 @@ import time
 import pytest
 
 from parloop import parallel_for
+from parloop._costs import PIPE_BYTES_PER_SECOND, pickle_round_trip, transfer_seconds
 from parloop._planner import (
     CHUNK_SECONDS,
     HEAVY_ITEM,
     LATENCY,
     MARGIN,
     MIN_CHUNK_SECONDS,
-    PIPE_BYTES_PER_SECOND,
     PROBE_FLOOR,
     ChunkSizer,
     PoolCost,
     Probe,
-    _pickle_round_trip,
-    _transfer_seconds,
     from_history,
     projections,
 )
@@ -62,7 +60,7 @@ def test_tiny_items_stay_serial_after_three_without_asking_what_a_pool_costs() -
     assert seen == 3  # one item may carry warm-up costs: three decide
     verdict = probe.verdict(seen)
     assert verdict.serial_more is None
-    assert "less than any pool costs" in verdict.reason()
+    assert "less than any pool costs" in str(verdict.reason)
 
 
 def test_heavy_items_decide_after_one_and_go_parallel() -> None:
@@ -72,7 +70,7 @@ def test_heavy_items_decide_after_one_and_go_parallel() -> None:
     assert seen == 1  # 10 ms is heavy: waiting for more would cost real time
     verdict = probe.verdict(seen)
     assert verdict.serial_more == 0
-    text = verdict.reason()
+    text = str(verdict.reason)
     # The numbers it decided on: 99 items of 10 ms serially, two workers with the start-up.
     serial, parallel = projections(99, 0.01, probe.transfer, pool(2, 0.02))
     assert serial == pytest.approx(0.99)
@@ -95,7 +93,7 @@ def test_one_worker_is_serial_and_names_where_the_count_came_from() -> None:
     seen = feed(probe, clock, 0.01, 50)
     assert seen == 1
     verdict = probe.verdict(seen)
-    assert verdict.serial_more is None and verdict.reason() == "1 worker (workers=1)"
+    assert verdict.serial_more is None and str(verdict.reason) == "1 worker (workers=1)"
 
 
 def test_a_close_call_keeps_probing_within_its_budget() -> None:
@@ -116,7 +114,7 @@ def test_unknown_length_heavy_items_switch_after_paying_for_the_start() -> None:
     assert clock.now - 100.0 >= PROBE_FLOOR
     verdict = probe.verdict(seen)
     assert verdict.serial_more == 5  # 50 ms of start-up = 5 items of 10 ms run here first
-    assert "unknown count" in verdict.reason() and "start-up cost" in verdict.reason()
+    assert "unknown count" in str(verdict.reason) and "start-up cost" in str(verdict.reason)
 
 
 def test_unknown_length_tiny_items_stay_serial() -> None:
@@ -124,7 +122,7 @@ def test_unknown_length_tiny_items_stay_serial() -> None:
     probe = Probe(None, lambda: pool(2, 0.0), clock)
     seen = feed(probe, clock, 1e-7, 10**6)
     verdict = probe.verdict(seen)
-    assert verdict.serial_more is None and "unknown count" in verdict.reason()
+    assert verdict.serial_more is None and "unknown count" in str(verdict.reason)
 
 
 def test_the_caller_side_of_a_big_transfer_keeps_cheap_work_serial() -> None:
@@ -142,7 +140,7 @@ def test_the_caller_side_of_a_big_transfer_keeps_cheap_work_serial() -> None:
     verdict = probe.verdict(seen)
     assert verdict.serial_more is None
     assert probe.transfer_bytes >= 10**7
-    assert "transfer ~" in verdict.reason()
+    assert "transfer ~" in str(verdict.reason)
 
 
 def test_the_margin_favours_the_loop_when_the_pool_only_just_wins() -> None:
@@ -164,7 +162,7 @@ def test_history_skips_the_probe_only_for_heavy_items_and_a_known_count() -> Non
     assert from_history(2, 0.01, lambda: pool(2, startup=1.0)) is None  # start dominates
     verdict = from_history(100, 0.01, lambda: pool(2, 0.0))
     assert verdict is not None and verdict.serial_more == 0
-    assert verdict.reason().startswith("no probe: the previous call measured ~10 ms per item")
+    assert str(verdict.reason).startswith("no probe: the previous call measured ~10 ms per item")
 
 
 def _nap(seconds: float) -> float:  # only this test calls it: its history starts empty
@@ -214,8 +212,8 @@ def test_moving_a_small_item_is_not_charged_a_whole_pickle_call() -> None:
     # Items travel in chunks: one pickle call for thousands of ints. Charging
     # each item a call of its own (~1-3 µs here) once sent 10^6 × 1 µs items
     # to the serial loop where a pool wins.
-    moved = min(_transfer_seconds(12345)[0] for _ in range(5))
-    one_call = min(_pickle_round_trip(12345)[0] for _ in range(5))
+    moved = min(transfer_seconds(12345)[0] for _ in range(5))
+    one_call = min(pickle_round_trip(12345)[0] for _ in range(5))
     assert moved < one_call
-    big = min(_transfer_seconds(bytes(10**5))[0] for _ in range(3))
+    big = min(transfer_seconds(bytes(10**5))[0] for _ in range(3))
     assert big >= 10**5 / PIPE_BYTES_PER_SECOND  # bytes are still charged in full

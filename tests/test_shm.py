@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from parloop import WorkerCrashedError, parallel_for
+from parloop.backends.process import pipe
 from parloop.backends.process import shm as _shm
-from parloop.backends.process import worker as _worker
 
 np = pytest.importorskip("numpy")
 
@@ -243,10 +243,10 @@ def _carry(sender: Any, receiver: Any, value: Any) -> Any:
     """``value`` sent through the transport from one end to the other (a
     thread receives, so that a message bigger than the pipe's buffer fits)."""
     received: list[Any] = []
-    thread = threading.Thread(target=lambda: received.append(_worker.receive(receiver)))
+    thread = threading.Thread(target=lambda: received.append(pipe.receive(receiver)))
     thread.start()
     try:
-        _worker.send(sender, ("value", _shm.pack(value)))
+        pipe.send(sender, ("value", _shm.pack(value)))
     finally:
         thread.join(10)
     return _shm.loads(received[0][1])

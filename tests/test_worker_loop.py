@@ -1,7 +1,7 @@
 """The worker's hot loop, run in this process: what it writes into the shared
 status while items run, how often it reads the clock, and what it reports.
 The pipe is replaced by a list of the very bytes the worker would send, which
-``_worker.receive`` reads back; everything else is the real code."""
+``pipe.receive`` reads back; everything else is the real code."""
 
 from __future__ import annotations
 
@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
+from parloop.backends import _runner
+from parloop.backends._wire import Done, JobSpec, Pickled, RunChunk, dump_value
+from parloop.backends.process import pipe, worker
 from parloop.backends.process import shm as _shm
-from parloop.backends.process import worker as _worker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,12 +36,12 @@ class Wire:
     def messages(self) -> list[Any]:
         out = []
         while self.frames:
-            out.append(_worker.receive(self))
+            out.append(pipe.receive(self))
         return out
 
 
 class CountingTime:
-    """Stands in for the ``time`` module inside ``_worker``: counts clock reads."""
+    """Stands in for the ``time`` module inside ``_runner``: counts clock reads."""
 
     def __init__(self) -> None:
         self.reads = 0
@@ -54,17 +56,18 @@ def run_chunk(fn: Any, items: list[Any], timed: bool = False, flush_every: float
     """Run ``items`` as one chunk of a job; return the "done" messages and the runner."""
     wire = wire or Wire()
     status = multiprocessing.RawArray("d", 3)
-    runner = _worker._Runner(wire, status, set())
-    runner.jobs[1] = (fn, (), {}, False, False, 0.0 if timed else flush_every, timed)
-    runner.run(1, 0, len(items), _worker.dump_value(items), None)
-    done = [m for m in wire.messages() if m[0] == "done"]
+    runner = worker.Runner(wire, status, set())
+    runner.specs.add(1, dump_value(tuple(JobSpec(fn, (), {}, False, False,
+                                                 0.0 if timed else flush_every, timed))))
+    runner.run(RunChunk(1, 0, len(items), dump_value(items), False))
+    done = [m for m in wire.messages() if type(m) is Done]
     return done, runner
 
 
 def results_of(done: list[Any]) -> list[Any]:
     """The results, unwrapped as the caller would."""
-    return [_shm.loads(value.data) if type(value) is _worker.Pickled else value
-            for message in done for value in message[3]]
+    return [_shm.loads(value.data) if type(value) is Pickled else value
+            for message in done for value in message.values]
 
 
 def square(x: int) -> int:
@@ -73,17 +76,17 @@ def square(x: int) -> int:
 
 def test_quick_items_read_the_clock_in_groups(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = CountingTime()
-    monkeypatch.setattr(_worker, "time", clock)
+    monkeypatch.setattr(_runner, "time", clock)
     items = list(range(20_000))
     done, _ = run_chunk(square, items)
     assert results_of(done) == [x * x for x in items]
     assert clock.reads < len(items) / 20  # a read per item would be 20,000
-    assert done[-1][6] is True and done[-1][8] is False  # final; plain values, not wrapped
+    assert done[-1].final is True and done[-1].wrapped is False  # plain values, not wrapped
 
 
 def test_a_timed_job_reads_the_clock_for_every_item(monkeypatch: pytest.MonkeyPatch) -> None:
     clock = CountingTime()
-    monkeypatch.setattr(_worker, "time", clock)
+    monkeypatch.setattr(_runner, "time", clock)
     items = list(range(500))
     done, _ = run_chunk(square, items, timed=True)
     assert results_of(done) == [x * x for x in items]
@@ -97,9 +100,9 @@ def test_busy_adds_up_to_the_chunk_and_the_slowest_item_is_named() -> None:
     began = time.monotonic()
     done, _ = run_chunk(time.sleep, delays)
     wall = time.monotonic() - began
-    busy = sum(message[5] for message in done)
+    busy = sum(message.busy for message in done)
     assert sum(delays) * 0.9 <= busy <= wall
-    seconds, index = max(message[7] for message in done)
+    seconds, index = max(message.slowest for message in done)
     assert index == 23 and seconds >= 0.03
 
 
@@ -107,7 +110,7 @@ def test_quick_items_are_timed_as_a_whole() -> None:
     began = time.monotonic()
     done, _ = run_chunk(square, list(range(50_000)))
     wall = time.monotonic() - began
-    busy = sum(message[5] for message in done)
+    busy = sum(message.busy for message in done)
     # The whole chunk's time, not just the few items the clock was read around.
     assert wall * 0.5 <= busy <= wall
 
@@ -121,11 +124,11 @@ def nap_on(x: int, slow: int = 150) -> int:
 def test_a_straggler_among_quick_items_counts_but_no_quick_item_is_named() -> None:
     done, _ = run_chunk(nap_on, list(range(300)))
     assert results_of(done) == [x * x for x in range(300)]
-    assert sum(message[5] for message in done) >= 0.1
+    assert sum(message.busy for message in done) >= 0.1
     # The straggler may go unnamed inside a group. Whatever is named was timed
     # on its own and took 20 µs or more (a quick item the OS paused can be).
-    for seconds, index in (message[7] for message in done):
-        assert index == -1 or seconds >= _worker.SAMPLE_SECONDS
+    for seconds, index in (message.slowest for message in done):
+        assert index == -1 or seconds >= _runner.SAMPLE_SECONDS
         assert index != 150 or seconds >= 0.1
 
 
@@ -138,10 +141,10 @@ class SlowWire(Wire):
 def test_time_spent_sending_is_no_items_time() -> None:
     done, _ = run_chunk(time.sleep, [0.001] * 30, flush_every=0.0005, wire=SlowWire())
     assert len(done) > 10  # it flushed often, each send taking 50 ms
-    busy = sum(message[5] for message in done)
+    busy = sum(message.busy for message in done)
     # ~30 ms of items; counting the sends would make it over 0.5 s
     assert 0.03 <= busy < 0.4
-    assert max(message[7] for message in done)[0] < 0.04
+    assert max(message.slowest for message in done)[0] < 0.04
 
 
 def _where(x: int) -> tuple[float, float, float]:
@@ -156,10 +159,11 @@ def test_the_status_names_the_running_item(timed: bool, monkeypatch: pytest.Monk
     wire = Wire()
     status = multiprocessing.RawArray("d", 3)
     monkeypatch.setattr(sys.modules[__name__], "_status", status)
-    runner = _worker._Runner(wire, status, set())
-    runner.jobs[7] = (_where, (), {}, False, False, 0.0 if timed else 60.0, timed)
-    runner.run(7, 100, 5, _worker.dump_value([0, 1, 2, 3, 4]), None)
-    seen = results_of([m for m in wire.messages() if m[0] == "done"])
+    runner = worker.Runner(wire, status, set())
+    runner.specs.add(7, dump_value(tuple(JobSpec(_where, (), {}, False, False,
+                                                 0.0 if timed else 60.0, timed))))
+    runner.run(RunChunk(7, 100, 5, dump_value([0, 1, 2, 3, 4]), False))
+    seen = results_of([m for m in wire.messages() if type(m) is Done])
     assert [index for _, index, _ in seen] == [100, 101, 102, 103, 104]
     assert all(job == 7 for _, _, job in seen)
     phases = [phase for phase, _, _ in seen]
@@ -168,4 +172,4 @@ def test_the_status_names_the_running_item(timed: bool, monkeypatch: pytest.Monk
         assert phases == sorted(phases) and len(set(phases)) == len(phases)
     else:  # the chunk's start, written once
         assert len(set(phases)) == 1
-    assert list(status) == [_worker.IDLE, -1.0, 0.0]  # idle once the chunk is reported
+    assert list(status) == [_runner.IDLE, -1.0, 0.0]  # idle once the chunk is reported

@@ -10,7 +10,7 @@
 
 from ._cpu import cpu_count as cpu_count
 from ._entry import parallel_for as parallel_for
-from ._planner import Plan as Plan
+from ._plan import Plan as Plan
 from ._types import ParallelFunction as ParallelFunction
 from .errors import BackendUnavailableError as BackendUnavailableError
 from .errors import ParloopError as ParloopError

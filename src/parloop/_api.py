@@ -9,108 +9,20 @@ from __future__ import annotations
 
 import contextvars
 import functools
-import threading
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Concatenate, Generic, TypeVar, cast, overload
 
 import wrapt
 from typing_extensions import ParamSpec
 
-from . import _dispatch, _scope
-from ._options import active_block, block_var, resolve, validate
-from ._planner import Plan
+from . import _calls, _scope
+from ._options import validate
+from ._plan import Plan
+from ._pool import Pool
 from ._types import LoopDecorator, ParallelFunction
 
-__all__ = ["ParallelFor", "Pool", "make_wrapper", "run_iter", "run_list"]
-
-
-def _check_items(items: object, name: str) -> Iterable[Any]:
-    if isinstance(items, (str, bytes)):
-        kind = type(items).__name__
-        raise TypeError(
-            f"{name}() got a {kind} {items!r:.40} as its items, which would run it once per "
-            f"{'character' if kind == 'str' else 'byte'}. For one item pass [{kind}_value]; "
-            f"for its {'characters' if kind == 'str' else 'bytes'}, pass list({kind}_value).")
-    try:
-        iter(items)  # type: ignore[call-overload]
-    except TypeError:
-        raise TypeError(
-            f"{name}() takes an iterable of items as its first argument, got "
-            f"{type(items).__name__} {items!r:.60}. To run it on one item, pass [item], "
-            f"or call {name}.__wrapped__(item).") from None
-    return items  # type: ignore[return-value]
-
-
-def run_list(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any], explicit: dict[str, Any],
-             record: Callable[[Plan], None], block: _scope.Block | None = None) -> list[Any]:
-    """``block``: the block to run in (a block's own ``pool.map`` passes its
-    block, so that it runs there from any thread); None: this context's."""
-    block = block or active_block()
-    results: list[Any] = []
-    for _ in _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
-                           sink=results):
-        pass  # with a sink, every result lands in ``results``
-    return results
-
-
-def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
-             kwargs: dict[str, Any], explicit: dict[str, Any],
-             record: Callable[[Plan], None], block: _scope.Block | None = None
-             ) -> Iterator[Any]:
-    block = block or active_block()
-    batches = _dispatch.run(fn, items, args, kwargs, resolve(explicit, block), block, record,
-                            eager_errors=False)
-    try:
-        for batch in batches:
-            yield from batch
-    finally:
-        batches.close()  # break / close() / garbage collection cancel what is pending
-
-
-async def run_async(batches: Generator[list[Any], None, None]) -> AsyncIterator[list[Any]]:
-    """Drive a batch generator from a thread, handing batches to the event loop.
-    Cancelling the awaiting task closes the generator, which cancels its items."""
-    import asyncio  # here: importing asyncio costs ~25 ms that sync users never need
-
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
-    context = contextvars.copy_context()
-
-    def post(kind: str, value: Any) -> None:
-        try:
-            loop.call_soon_threadsafe(queue.put_nowait, (kind, value))
-        except RuntimeError:  # the loop closed under us (asyncio.run ended): wind down
-            stop.set()
-
-    def produce() -> None:
-        try:
-            for batch in batches:
-                post("batch", batch)
-                if stop.is_set():
-                    break
-        except BaseException as exc:
-            post("error", exc)
-        finally:
-            batches.close()
-            post("end", None)
-
-    thread = threading.Thread(target=context.run, args=(produce,), daemon=True,
-                              name="parloop-async")
-    thread.start()
-    try:
-        while True:
-            kind, value = await queue.get()
-            if kind == "batch":
-                yield value
-            elif kind == "error":
-                raise value
-            else:
-                return
-    finally:
-        stop.set()
+__all__ = ["ParallelFor", "make_wrapper", "parallel_for_impl"]
 
 
 class _State:
@@ -130,8 +42,8 @@ def _call(state: _State, wrapped: Callable[..., Any], instance: Any, args: tuple
     name = getattr(wrapped, "__name__", "function")
     if not args:
         raise TypeError(f"{name}() missing its first argument: the iterable of items to run it on")
-    items = _check_items(args[0], name)
-    return run_list(wrapped, items, args[1:], kwargs, state.explicit, state.record)
+    items = _calls.check_items(args[0], name)
+    return _calls.run_list(wrapped, items, args[1:], kwargs, state.explicit, state.record)
 
 
 class _Calls:
@@ -153,9 +65,9 @@ class _Calls:
     def iter(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Like calling it, but lazy: yields results as they arrive, reads the
         input a bounded window ahead; ``break`` or ``close()`` cancels the rest."""
-        items = _check_items(items, self.__wrapped__.__name__)
-        return run_iter(self.__wrapped__, items, args, kwargs, self._state.explicit,
-                        self._state.record)
+        items = _calls.check_items(items, self.__wrapped__.__name__)
+        return _calls.run_iter(self.__wrapped__, items, args, kwargs, self._state.explicit,
+                               self._state.record)
 
     async def amap(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
         """``await f.amap(items)``: the same call without blocking the event loop."""
@@ -163,14 +75,11 @@ class _Calls:
 
     async def aiter(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``async for r in f.aiter(items)``: results as they arrive."""
-        items = _check_items(items, self.__wrapped__.__name__)
-        block = active_block()
-        batches = _dispatch.run(self.__wrapped__, items, args, kwargs,
-                                resolve(self._state.explicit, block), block, self._state.record,
-                                eager_errors=False)
-        async for batch in run_async(batches):
-            for value in batch:
-                yield value
+        items = _calls.check_items(items, self.__wrapped__.__name__)
+        batches = _calls.start(self.__wrapped__, items, args, kwargs, self._state.explicit,
+                               self._state.record)
+        async for result in _calls.run_async(batches):
+            yield result
 
 
 class _BoundParallelFunction(_Calls, wrapt.BoundFunctionWrapper[Any, Any]):
@@ -204,57 +113,6 @@ def make_wrapper(fn: Callable[..., Any], explicit: dict[str, Any]) -> ParallelFu
     return cast("ParallelFunction[Any, Any, Any]", _ParallelFunction(fn, explicit))
 
 
-class Pool:
-    """What ``with parallel_for(...) as pool`` gives: run any callable on the
-    block's pool, from any thread (a server's handlers may share it).
-    Decorated functions called inside the block, in its own thread or task,
-    use it too."""
-
-    def __init__(self, block: _scope.Block) -> None:
-        self._block = block
-        self.last_plan: Plan | None = None
-
-    def _target(self, fn: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
-        if not callable(fn):
-            raise TypeError(f"pool.map() takes a callable first, got {type(fn).__name__}")
-        if isinstance(fn, (_ParallelFunction, _BoundParallelFunction)):
-            return fn.__wrapped__, fn._state.explicit
-        return fn, {}
-
-    def _record(self, plan: Plan) -> None:
-        self.last_plan = plan
-
-    def map(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
-            **kwargs: Any) -> list[Any]:
-        """``[fn(item, *args, **kwargs) for item in items]`` on the block's pool."""
-        target, explicit = self._target(fn)
-        return run_list(target, _check_items(items, "pool.map"), args, kwargs, explicit,
-                        self._record, self._block)
-
-    def iter(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
-             **kwargs: Any) -> Iterator[Any]:
-        """Like :meth:`map`, lazily: results are yielded as they arrive."""
-        target, explicit = self._target(fn)
-        return run_iter(target, _check_items(items, "pool.iter"), args, kwargs, explicit,
-                        self._record, self._block)
-
-    async def amap(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
-                   **kwargs: Any) -> list[Any]:
-        """Awaitable :meth:`map`: the event loop is never blocked."""
-        return [x async for x in self.aiter(fn, items, *args, **kwargs)]
-
-    async def aiter(self, fn: Callable[..., Any], items: Iterable[Any], /, *args: Any,
-                    **kwargs: Any) -> AsyncIterator[Any]:
-        """``async for`` over results as they arrive."""
-        target, explicit = self._target(fn)
-        block = self._block
-        batches = _dispatch.run(target, _check_items(items, "pool.aiter"), args, kwargs,
-                                resolve(explicit, block), block, self._record, eager_errors=False)
-        async for batch in run_async(batches):
-            for value in batch:
-                yield value
-
-
 E = TypeVar("E")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -286,16 +144,16 @@ class ParallelFor(Generic[E]):
         return dispatch_target(target, self._explicit)
 
     def __enter__(self) -> Pool:
-        outer = active_block()
+        outer = _scope.active_block()
         options = {**(outer.options if outer else {}), **self._explicit}
         block = _scope.Block(options)
-        self._tokens.append((block_var().set(block), block))
+        self._tokens.append((_scope.enter(block), block))
         return Pool(block)
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         token, block = self._tokens.pop()
-        block_var().reset(token)
+        _scope.leave(token)
         block.close(kill=kind is not None and not issubclass(kind, Exception))
 
     async def __aenter__(self) -> Pool:

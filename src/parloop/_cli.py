@@ -26,12 +26,10 @@ from pathlib import Path
 from . import __version__, _cpu
 from ._cpu import default_start_method
 from ._cpu import thread_count as _thread_count
+from .backends import REGISTRY
 
 __all__ = ["info_lines", "main"]
 
-# Optional backends: the name parloop uses, the module that must be importable,
-# the extra that installs it.
-OPTIONAL_BACKENDS = (("dask", "distributed", "dask"), ("ray", "ray", "ray"))
 
 
 def _installed(module: str) -> bool:
@@ -70,12 +68,15 @@ def _start_method_line() -> str:
 
 
 def _backend_lines() -> list[str]:
-    lines = ["process, thread, serial: built in"]
-    for name, module, extra in OPTIONAL_BACKENDS:
-        if _installed(module):
-            lines.append(f"{name}: installed ({module} {_version(module)})")
+    built_in = [info.name for info in REGISTRY.values() if info.requires is None]
+    lines = [f"{', '.join([*built_in, 'serial'])}: built in"]
+    for info in REGISTRY.values():
+        if info.requires is None:
+            continue
+        if _installed(info.requires):
+            lines.append(f"{info.name}: installed ({info.requires} {_version(info.requires)})")
         else:
-            lines.append(f"{name}: not installed (pip install 'parloop[{extra}]')")
+            lines.append(f"{info.name}: not installed (pip install 'parloop[{info.extra}]')")
     return lines
 
 

@@ -1,21 +1,18 @@
-"""The parallel half of the dispatch engine: one run's window of chunks in
-flight, retries, notes on errors, and results put back in input order.
-``_dispatch._Run.parallel`` drives it; see ``_dispatch`` for the whole picture.
-"""
+"""The parallel half of the engine: a bounded window of chunks in flight on
+a backend, retries, and results put back in input order."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from itertools import islice
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from . import _planner
-from .backends.base import Backend, Chunk, Outcome
-from .errors import note_item, stop_iteration_error
-
-if TYPE_CHECKING:
-    from ._dispatch import _Run
+from ._input import Input
+from ._planner import ChunkSizer
+from ._policy import ErrorPolicy
+from ._stats import RunStats
+from .backends.base import Backend, Chunk, Job, Outcome
+from .errors import stop_iteration_error
 
 __all__ = ["Flow"]
 
@@ -24,50 +21,71 @@ _HOLE = object()  # a result slot waiting for its item's retry
 
 
 class Flow:
-    """One parallel run's bookkeeping: the bounded window of chunks in
-    flight, retries, notes on errors, and putting results back in order."""
+    """One call's items on one backend. ``run`` submits chunks until two
+    per worker are in flight (one running, one queued), collects outcomes,
+    retries what the policy allows, and yields results in input order (or
+    as they come, ``ordered=False``)."""
 
-    def __init__(self, run: _Run, backend: Backend, sizer: _planner.ChunkSizer) -> None:
-        self.run = run
+    def __init__(self, job: Job, source: Input, policy: ErrorPolicy, stats: RunStats,
+                 backend: Backend, sizer: ChunkSizer, workers: int, ordered: bool) -> None:
+        self.job = job
+        self.source = source
+        self.policy = policy
+        self.stats = stats
         self.backend = backend
         self.sizer = sizer
-        self.ordered = run.options.ordered
+        self.window = 2 * workers
+        self.ordered = ordered
         self.in_flight = 0
         self.exhausted = False
         self.input_error: BaseException | None = None
-        self.raised: BaseException | None = None
+        self.raised: BaseException | None = None  # the error this flow raised itself
         self.starts: list[int] = []  # ascending starts of chunks not fully answered
         self.chunks: dict[int, tuple[list[Any], list[int]]] = {}  # start -> (items, [unanswered])
         self.attempts: dict[int, int] = {}
         self.holes: dict[int, Outcome] = {}  # retried index -> the outcome it belongs in
         self.held: dict[int, Outcome] = {}  # ordered: outcomes waiting for earlier ones
-        self.next_out = run.index
+        self.next_out = source.index
         self.failure: tuple[int, BaseException] | None = None  # ordered: raise on reaching it
 
+    def run(self) -> Iterator[list[Any]]:
+        """The whole parallel run; cancels what is pending if it ends early."""
+        backend = self.backend
+        backend.start_job(self.job)
+        try:
+            while True:
+                self.fill()
+                if self.in_flight == 0:
+                    break
+                for outcome in backend.wait(self.job, None):
+                    yield from self.receive(outcome)
+            if self.input_error is not None:
+                raise self.input_error
+        except BaseException:
+            backend.cancel(self.job)
+            raise
+        finally:
+            backend.end_job(self.job)
+            self.stats.per_item = self.sizer.per_item
+
     def fill(self) -> None:
-        """Submit chunks until two per worker are in flight: one running, one
-        queued behind it. A worker's queue is its own (that is how a crash
-        names its item), so any deeper queue would leave one worker busy at
-        the end while another idles; as chunks shrink toward the end, the
-        queued one is small."""
-        run = self.run
-        window = 2 * run.workers
-        while not self.exhausted and len(self.chunks) < window:
-            remaining = None if run.total is None else run.total - run.index
-            size = self.sizer.next(remaining)
-            taken, run.first_item = run.first_item, []
-            try:
-                # extend() keeps what it read before an exception from the input
-                taken.extend(islice(run.iterator, size - len(taken)))
-            except Exception as exc:  # the input itself failed: finish what was read first
-                self.input_error, self.exhausted = exc, True
+        """Submit chunks until the window is full. A worker's queue is its
+        own (that is how a crash names its item), so any deeper queue would
+        leave one worker busy at the end while another idles; as chunks
+        shrink toward the end, the queued one is small."""
+        source = self.source
+        while not self.exhausted and len(self.chunks) < self.window:
+            size = self.sizer.next(source.remaining)
+            start = source.index
+            taken, error = source.take(size)
+            if error is not None:  # the input itself failed: finish what was read first
+                self.input_error, self.exhausted = error, True
             if len(taken) < size:
                 self.exhausted = True
             if taken:
-                self._submit(Chunk(run.job, run.index, taken))
-                self.starts.append(run.index)  # inputs are read in order: stays sorted
-                self.chunks[run.index] = (taken, [len(taken)])
-                run.index += len(taken)
+                self._submit(Chunk(self.job, start, taken))
+                self.starts.append(start)  # inputs are read in order: stays sorted
+                self.chunks[start] = (taken, [len(taken)])
 
     def _submit(self, chunk: Chunk) -> None:
         self.backend.submit(chunk)
@@ -75,10 +93,9 @@ class Flow:
 
     def receive(self, outcome: Outcome) -> Iterator[list[Any]]:
         """Account for ``outcome``; yield whatever results it makes ready."""
-        run = self.run
         self.in_flight -= len(outcome.values)
         self.sizer.observe(len(outcome.values), outcome.busy)
-        run._account(outcome)
+        self.stats.account(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None
         self._settle(outcome, parent)
         if parent is not None:  # a retried item: fill its hole
@@ -111,7 +128,7 @@ class Flow:
             yield piece.values
 
     def _settle(self, outcome: Outcome, parent: Outcome | None) -> None:
-        """Note each error; retry it, keep it (errors="return") or raise it.
+        """Each error: retry it, keep it (errors="return") or raise it.
         ``parent``: the outcome whose hole ``outcome`` (a retry) fills."""
         position = bisect.bisect_right(self.starts, outcome.start) - 1
         chunk_start = self.starts[position]
@@ -119,25 +136,25 @@ class Flow:
         retried = 0
         for index, exc in sorted(outcome.errors.items()):
             item = items[index - chunk_start]
-            if isinstance(exc, StopIteration):  # raised by the function in a worker
-                exc = stop_iteration_error(self.run.job.fn, exc)
+            if isinstance(exc, StopIteration):  # the function raised it, in a worker
+                exc = stop_iteration_error(self.policy.fn, exc)
             slot = index - outcome.start
-            if self.run._retryable(exc, self.attempts.get(index, 0)):
-                self.attempts[index] = self.attempts.get(index, 0) + 1
+            attempts = self.attempts.get(index, 0)
+            if self.policy.retryable(exc, attempts):
+                self.attempts[index] = attempts + 1
                 outcome.values[slot] = _HOLE
                 if parent is not None:
                     self.holes[index] = parent  # still missing from the same parent
                 else:
                     outcome.missing += 1
                     self.holes[index] = outcome
-                self._submit(Chunk(self.run.job, index, [item]))
+                self._submit(Chunk(self.job, index, [item]))
                 retried += 1
                 continue
-            note_item(exc, index, item)
-            outcome.values[slot] = exc
-            if self.run.return_errors:
+            exc = outcome.values[slot] = self.policy.named(exc, index, item)
+            if self.policy.return_errors:
                 continue
-            if not self.ordered or self.run.eager_errors:
+            if not self.ordered or self.policy.eager:
                 self.raised = exc
                 raise exc
             # In input order, the results before this item come out first.

@@ -2,8 +2,7 @@
 a decorator's options combine with those of the enclosing ``with`` block.
 
 Precedence, strongest first: options given to the decorator, options of the
-innermost active block, the defaults below. Blocks live in a ContextVar, so a
-thread or an asyncio task never sees another one's block.
+innermost active block (see ``_scope``), the defaults below.
 """
 
 from __future__ import annotations
@@ -11,19 +10,14 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 from ._cpu import START_METHODS, cpu_count, cpu_report
+from .backends import CHOICES as BACKENDS
 
-if TYPE_CHECKING:
-    from ._scope import Block
+__all__ = ["BACKENDS", "Options", "resolve", "validate"]
 
-__all__ = ["BACKENDS", "Options", "active_block", "resolve", "validate"]
-
-BackendName = Literal["auto", "process", "thread", "serial", "dask", "ray"]
-BACKENDS: tuple[str, ...] = ("auto", "process", "thread", "serial", "dask", "ray")
 ProgressCallback = Callable[[int, "int | None"], None]
 
 
@@ -159,23 +153,12 @@ def validate(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-_block: ContextVar[Block | None] = ContextVar("parloop_block", default=None)
-
-
-def active_block() -> Block | None:
-    """The innermost ``with parallel_for(...)`` block of this context, if any."""
-    return _block.get()
-
-
-def block_var() -> ContextVar[Block | None]:
-    return _block
-
-
-def resolve(explicit: Mapping[str, Any], block: Block | None) -> Options:
-    """Defaults, overridden by the block's options, overridden by ``explicit``."""
-    if block is None:
+def resolve(explicit: Mapping[str, Any], defaults: Mapping[str, Any] | None) -> Options:
+    """The defaults below, overridden by ``defaults`` (a block's options),
+    overridden by ``explicit`` (a decorator's)."""
+    if not defaults:
         return Options(**explicit) if explicit else _DEFAULTS
-    return Options(**{**block.options, **explicit})
+    return Options(**{**defaults, **explicit})
 
 
 _DEFAULTS = Options()

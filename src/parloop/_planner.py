@@ -25,21 +25,19 @@ numbers it rests on.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import pickle
 import sys
 import time
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from . import _state
+from . import _costs, _cpu, _state
 from ._options import Options
+from ._plan import Reason, format_seconds
 
-__all__ = ["ChunkSizer", "Plan", "PoolCost", "Probe", "Verdict", "format_seconds", "from_history",
-           "startup_estimate"]
+__all__ = ["ChunkSizer", "PoolCost", "Probe", "Verdict", "from_history", "pool_cost",
+           "projections", "static_choice"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
@@ -49,160 +47,6 @@ MIN_CHUNK_SECONDS = 0.002  # the shortest chunk worth a round trip, even at the 
 LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
 MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
-# Moving bytes caller -> worker -> caller, copies included, as measured on the
-# 2-core test machine: through the worker's pipe, or (big buffers and big
-# pickles, on Linux) through shared memory, which also costs a fixed ~0.2 ms
-# per buffer each way (see backends/_shm.py).
-PIPE_BYTES_PER_SECOND = 0.25e9
-SHARED_BYTES_PER_SECOND = 1.3e9
-SHARED_SECONDS_PER_BUFFER = 0.0004
-# What a pooled item costs beyond pickling its data: the worker's loop and
-# the caller's share of chunking and collecting (~0.5 µs here, measured on
-# 200k x*x items: 2 workers' busy time less the serial loop's).
-ITEM_OVERHEAD = 0.5e-6
-
-# Seconds to start a pool of n workers, by start method: (fixed, per worker).
-# Updated with what this process actually measures.
-# "forkserver-cold": the fork server itself must start first (a new interpreter
-# that imports the main module and parloop: ~0.2-0.5 s), once per process.
-_STARTUP: dict[str, tuple[float, float]] = {
-    "fork": (0.004, 0.004),
-    "forkserver": (0.005, 0.02),
-    "forkserver-cold": (0.25, 0.02),
-    "spawn": (0.05, 0.06),
-    "thread": (0.0, 0.0001),
-}
-
-
-def startup_key(method: str) -> str:
-    """``method``, told apart by whether its fork server still has to start."""
-    if method != "forkserver":
-        return method
-    # Read without importing it, and safely while another thread still is
-    # importing it (then its server is surely not running yet).
-    server_pid = getattr(sys.modules.get("parloop.backends.process.launch"), "server_pid", None)
-    running = server_pid is not None and server_pid() is not None
-    return method if running else "forkserver-cold"
-
-
-def startup_estimate(method: str, workers: int) -> float:
-    fixed, per_worker = _STARTUP.get(startup_key(method), _STARTUP["spawn"])
-    return fixed + per_worker * workers
-
-
-def record_startup(key: str, workers: int, seconds: float) -> None:
-    """Remember a measured start (``key`` from ``startup_key``, read before
-    the start) so the next estimate is this machine's."""
-    fixed, per_worker = _STARTUP.get(key, _STARTUP["spawn"])
-    if key == "forkserver-cold":  # the server's start is the fixed part
-        _STARTUP[key] = (max(0.0, seconds - per_worker * workers), per_worker)
-    else:
-        _STARTUP[key] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
-
-
-def format_seconds(seconds: float) -> str:
-    if seconds >= 1:
-        return f"{seconds:.2f} s"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.3g} ms"
-    return f"{seconds * 1e6:.3g} µs"
-
-
-Reason = Callable[[], str]  # a plan's reason is drawn only when someone reads it
-
-
-@dataclass
-class Plan:
-    """How a call ran, and why. ``str(plan)`` is one readable line."""
-
-    backend: str
-    workers: int
-    chunksize: int | None
-    why: str | Reason  # see ``reason``
-    items: int = 0
-    wall_seconds: float = 0.0
-    caller_seconds: float = 0.0
-    worker_seconds: dict[str, float] = field(default_factory=dict)
-    slowest: list[tuple[int, float]] = field(default_factory=list)
-    #: seconds per item as this call measured them (the next call's first guess)
-    per_item: float | None = None
-
-    @property
-    def reason(self) -> str:
-        """Why the call ran this way, with the numbers the decision rests on."""
-        if not isinstance(self.why, str):
-            self.why = self.why()  # formatted on first read: most reasons are never read
-        return self.why
-
-    @reason.setter
-    def reason(self, value: str | Reason) -> None:
-        self.why = value
-
-    def __str__(self) -> str:
-        text = f"{self.backend}: {self.reason}"
-        if self.wall_seconds:
-            rate = self.items / self.wall_seconds if self.wall_seconds > 0 else 0.0
-            text += (f" | ran {self.items} items in {format_seconds(self.wall_seconds)} "
-                     f"({rate:,.0f}/s)")
-            shares = self.busy_shares()
-            if shares:
-                text += ", workers busy " + "/".join(f"{s:.0%}" for s in shares.values())
-        return text
-
-    def busy_shares(self) -> dict[str, float]:
-        """Each worker's share of the parallel part of the wall time spent computing."""
-        parallel = self.wall_seconds - self.caller_seconds
-        if parallel <= 0:
-            return {}
-        return {name: min(1.0, busy / parallel) for name, busy in self.worker_seconds.items()}
-
-
-def _transfer_seconds(value: Any) -> tuple[float, int]:
-    """Seconds to move ``value`` to or from a worker process, and its size:
-    to pickle and unpickle it, less what pickling costs per call (items travel
-    in chunks, one pickle call for many), plus its bytes through the pipe.
-    Large buffers (NumPy arrays, bytes) are counted by size through protocol
-    5's buffer_callback, not copied."""
-    from .backends.process import shm as _shm
-
-    global _call_overhead
-    if _call_overhead is None:
-        _call_overhead = min(_pickle_round_trip(None)[0] for _ in range(3))
-    seconds, sizes = _pickle_round_trip(value)
-    elapsed = max(0.0, seconds - _call_overhead)
-    shared = [n for n in sizes if n >= _shm.THRESHOLD] if _shm.ENABLED else []
-    piped = sum(sizes) - sum(shared)
-    elapsed += piped / PIPE_BYTES_PER_SECOND
-    elapsed += sum(shared) / SHARED_BYTES_PER_SECOND + SHARED_SECONDS_PER_BUFFER * len(shared)
-    return elapsed, sum(sizes)
-
-
-_call_overhead: float | None = None  # seconds of a pickle round trip of None
-_perf_counter_cost: float | None = None  # kept: tests pass clocks of their own
-
-
-def _clock_cost(clock: Callable[[], float]) -> float:
-    """Seconds a timing with ``clock`` adds to what it times (~0.2 µs here)."""
-    global _perf_counter_cost
-    if clock is time.perf_counter and _perf_counter_cost is not None:
-        return _perf_counter_cost
-    readings = []
-    for _ in range(5):
-        began = clock()
-        readings.append(clock() - began)
-    if clock is time.perf_counter:
-        _perf_counter_cost = min(readings)
-    return min(readings)
-
-
-def _pickle_round_trip(value: Any) -> tuple[float, list[int]]:
-    """Seconds to pickle and unpickle ``value``; the sizes of its pickle and buffers."""
-    buffers: list[pickle.PickleBuffer] = []
-    started = time.perf_counter()
-    data = pickle.dumps(value, 5, buffer_callback=buffers.append)
-    pickle.loads(data, buffers=buffers)
-    elapsed = time.perf_counter() - started
-    return elapsed, [len(data), *(buffer.raw().nbytes for buffer in buffers)]
 
 
 @dataclass
@@ -219,14 +63,25 @@ class PoolCost:
     overlap: bool = False
 
 
-@dataclass
+def pool_cost(options: Options, workers: int, warm: bool) -> PoolCost:
+    """What a process pool would cost a call (``warm``: one waits already)."""
+    startup, overlap = 0.0, False
+    if not warm:
+        method = options.start_method or _cpu.planning_start_method()
+        startup = _costs.startup_estimate(method, workers)
+        overlap = method != "fork"  # only a pool that does not fork the caller
+    return PoolCost(workers, startup, options.worker_source() if workers == 1 else "", overlap)
+
+
 class Verdict:
     """The probe's conclusion: go parallel after ``serial_more`` more items
-    (None: stay serial to the end)."""
+    (None: stay serial to the end), and why (formatted when first read)."""
 
-    serial_more: int | None
-    reason: Reason
-    per_item: float
+    def __init__(self, serial_more: int | None, reason: str | Callable[[], str],
+                 per_item: float) -> None:
+        self.serial_more = serial_more
+        self.reason = Reason(reason)
+        self.per_item = per_item
 
 
 class Probe:
@@ -275,9 +130,9 @@ class Probe:
                 try:
                     # The least of three: one round trip of a small value is
                     # a few hundred ns, and a single reading is often double.
-                    seconds_in, size_in = min(_transfer_seconds(item) for _ in range(3))
-                    seconds_out, size_out = min(_transfer_seconds(result) for _ in range(3))
-                    self._transfer = (seconds_in + seconds_out + ITEM_OVERHEAD,
+                    seconds_in, size_in = min(_costs.transfer_seconds(item) for _ in range(3))
+                    seconds_out, size_out = min(_costs.transfer_seconds(result) for _ in range(3))
+                    self._transfer = (seconds_in + seconds_out + _costs.ITEM_OVERHEAD,
                                       size_in + size_out)
                 except Exception as exc:
                     self.picklable = exc
@@ -291,7 +146,7 @@ class Probe:
         else:
             rest = sorted(self.times[1:])
             median = rest[len(rest) // 2]
-        return max(median - _clock_cost(self.clock), median / 2)
+        return max(median - _costs.clock_cost(self.clock), median / 2)
 
     @staticmethod
     def _too_small(remaining: int, cost: float) -> bool:
@@ -354,7 +209,7 @@ class Probe:
             return Verdict(0 if parallel * MARGIN < serial else None, numbers, cost)
         return self._unknown_length(probed, cost)
 
-    def _unknown_length(self, probed: Reason, cost: float) -> Verdict:
+    def _unknown_length(self, probed: Callable[[], str], cost: float) -> Verdict:
         """Compare throughputs, then rent before buying."""
         if self.transfer / 2 * MARGIN >= cost:  # the caller's share alone is slower
             return Verdict(None, lambda: f"{probed()} of unknown count: moving an item to a "
@@ -390,26 +245,6 @@ def projections(remaining: int, cost: float, transfer: float, pool: PoolCost) ->
     rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
     busy = max(rounds * (cost + transfer / 2), remaining * transfer / 2)
     return serial, pool.startup + LATENCY + busy
-
-
-_history: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
-
-
-def _history_key(fn: Any) -> Any:
-    return getattr(fn, "__func__", fn)  # a bound method is a new object on every access
-
-
-def remember(fn: Any, per_item: float) -> None:
-    """Keep the seconds per item a call of ``fn`` measured, while ``fn`` lives."""
-    with contextlib.suppress(TypeError):  # not weakly referenceable (a builtin): no history
-        _history[_history_key(fn)] = per_item
-
-
-def recall(fn: Any) -> float | None:
-    try:
-        return _history.get(_history_key(fn))
-    except TypeError:
-        return None
 
 
 def from_history(total: int | None, per_item: float | None, pool: Callable[[], PoolCost]

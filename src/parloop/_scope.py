@@ -14,59 +14,37 @@ seconds idle.
 from __future__ import annotations
 
 import atexit
-import importlib
 import threading
-import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
 from typing import Any
 
-from . import _cpu, _planner
+from . import backends
 from ._options import Options
 from .backends.base import Backend
 from .errors import BackendUnavailableError
 
-__all__ = ["Block", "Lease", "lease"]
+__all__ = ["Block", "Lease", "active_block", "enter", "is_warm", "lease", "leave", "prepare"]
 
-_EXTRAS = {"dask": ("distributed", "dask"), "ray": ("ray", "ray")}
-_MODULES = {"dask": "parloop.backends.cluster.dask", "ray": "parloop.backends.cluster.ray"}
-
-
-def create_backend(name: str, workers: int, options: Options) -> Backend:
-    """A new backend by name; the module is imported only now."""
-    if name in _EXTRAS:
-        package, extra = _EXTRAS[name]
-        try:
-            importlib.import_module(package)
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"backend={name!r} needs the {package!r} package: pip install 'parloop[{extra}]'"
-            ) from exc
-    module = importlib.import_module(_MODULES.get(name, f"parloop.backends.{name}"))
-    started = time.perf_counter()
-    key = _planner.startup_key(options.start_method or _cpu.default_start_method())
-    backend: Backend = module.create(workers, options)
-    if name == "process":
-        _planner.record_startup(key, workers, time.perf_counter() - started)
-    return backend
+# Blocks live in a ContextVar: a thread or an asyncio task never sees
+# another one's block (a block's own pool.map takes its block along).
+_block: ContextVar[Block | None] = ContextVar("parloop_block", default=None)
 
 
-def prepare(name: str, options: Options) -> None:
-    """What must happen in the caller's own thread before a backend starts in
-    another one (a backend module may define ``prepare(options)``)."""
-    module = importlib.import_module(_MODULES.get(name, f"parloop.backends.{name}"))
-    hook = getattr(module, "prepare", None)
-    if hook is not None:
-        hook(options)
+def active_block() -> Block | None:
+    """The innermost ``with parallel_for(...)`` block of this context, if any."""
+    return _block.get()
 
 
-def _key(name: str, workers: int, options: Options) -> tuple[Any, ...]:
-    if name == "process":
-        # With start_method=None the pool picks fork or forkserver per worker
-        # as it starts them, so the default is one key, not two.
-        return (name, workers, options.start_method)
-    if name in _EXTRAS:
-        return (name, workers, id(options.client), options.address)
-    return (name, workers)
+def enter(block: Block) -> Token[Block | None]:
+    return _block.set(block)
+
+
+def leave(token: Token[Block | None]) -> None:
+    _block.reset(token)
+
+
+prepare = backends.prepare
 
 
 class Lease:
@@ -108,11 +86,11 @@ class _Shelf:
         self._keep_idle = keep_idle
 
     def is_warm(self, name: str, workers: int, options: Options) -> bool:
-        entry = self._entries.get(_key(name, workers, options))
+        entry = self._entries.get(backends.key(name, workers, options))
         return entry is not None and entry.backend is not None
 
     def lease(self, name: str, workers: int, options: Options) -> Lease:
-        key = _key(name, workers, options)
+        key = backends.key(name, workers, options)
         retired: list[Backend] = []
         with self._lock:
             entry = self._entries.get(key)
@@ -127,7 +105,7 @@ class _Shelf:
             old.close()
         if creator:
             try:
-                entry.backend = create_backend(name, workers, options)
+                entry.backend = backends.create(name, workers, options)
             except BaseException as exc:
                 entry.error = exc
                 with self._lock:
@@ -167,7 +145,7 @@ class _Shelf:
         return Lease(backend, warm=not creator, release=release)
 
     def _keeps(self, name: str) -> bool:
-        return self._keep_idle or name in ("process", *_EXTRAS)
+        return self._keep_idle or backends.REGISTRY[name].keeps_warm
 
     def _take_idle(self, except_key: tuple[Any, ...]) -> list[Backend]:
         """Remove the idle backends of other keys (under the lock); close them after."""

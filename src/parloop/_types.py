@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from typing_extensions import ParamSpec
 
-from ._planner import Plan
-
-if TYPE_CHECKING:
-    from ._api import Pool
+from ._plan import Plan
+from ._pool import Pool
 
 T_contra = TypeVar("T_contra", contravariant=True)
 R_co = TypeVar("R_co")  # invariant: it appears inside list[...]

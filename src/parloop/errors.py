@@ -23,8 +23,11 @@ formatted traceback as ``exc.__cause__`` (a :class:`RemoteTraceback`).
 
 from __future__ import annotations
 
+import os
 import pickle
 import reprlib
+import sys
+import warnings
 
 __all__ = [
     "BackendUnavailableError",
@@ -162,3 +165,18 @@ def add_note(exc: BaseException, note: str) -> None:
         except AttributeError:
             return
     notes.append(note)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category: type[Warning]) -> None:
+    """Warn, pointing at the user's line that called into parloop, whatever
+    form the call took (``f(items)``, ``f.iter``, a block's ``pool.map``)."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, category, skip_file_prefixes=(_PACKAGE,))
+        return
+    frame, level = sys._getframe(1), 2  # level 2: the caller of this function
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1  # type: ignore[assignment]
+    warnings.warn(message, category, stacklevel=level)

@@ -1,6 +1,6 @@
 """The one interface every backend implements, and the records that cross it.
 
-The dispatch engine (``parloop._dispatch``) cuts the input into :class:`Chunk`
+The dispatch engine (``parloop._flow``) cuts the input into :class:`Chunk`
 objects, hands them to ``submit`` and collects :class:`Outcome` objects from
 ``wait``. It never knows which backend it drives. A backend is a small class::
 
@@ -8,7 +8,7 @@ objects, hands them to ``submit`` and collects :class:`Outcome` objects from
         name = "echo"
 
         def submit(self, chunk):
-            self._ready.append(run_chunk(chunk))     # run it somewhere
+            self._ready.append(run_somewhere(chunk))
 
         def _poll(self, timeout):
             ready, self._ready = self._ready, []
@@ -16,6 +16,17 @@ objects, hands them to ``submit`` and collects :class:`Outcome` objects from
 
         def cancel(self, job): ...
         def close(self, *, kill=False): ...
+
+and a module that holds it, with one entry in the registry
+(``parloop.backends.REGISTRY``)::
+
+    def create(workers: int, options: Settings) -> Backend:
+        ...   # a new backend of ``workers`` workers, made on a call's first use
+
+    def prepare(options: Settings) -> None:
+        ...   # optional: what must happen in the caller's own thread before
+              # ``create`` runs in another (the process backend starts its
+              # fork server here)
 
 An Outcome may cover a whole chunk or any contiguous part of one: the engine
 counts items, not chunks, so a backend may split work (after a crash, or to
@@ -31,13 +42,26 @@ from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Backend", "Chunk", "Job", "Outcome"]
+__all__ = ["Backend", "Chunk", "Job", "Outcome", "Settings"]
 
 _job_ids = itertools.count(1)
 POLL_SLICE = 0.1  # seconds one poll may block, with one job on the backend
 SHARED_POLL_SLICE = 0.005  # ... with several, whose threads must get to submit
+
+
+class Settings(Protocol):
+    """The options a backend's ``create`` reads (``parloop``'s resolved options)."""
+
+    @property
+    def start_method(self) -> str | None: ...
+
+    @property
+    def client(self) -> Any: ...
+
+    @property
+    def address(self) -> str | None: ...
 
 
 @dataclass(eq=False)
@@ -94,36 +118,6 @@ class Outcome:
     missing: int = 0  # the engine's count of slots still waiting for a retry
 
 
-def run_chunk(chunk: Chunk, catch: type[BaseException] = Exception) -> Outcome:
-    """Run a chunk in this process; the in-process backends share this.
-
-    The serial backend lets KeyboardInterrupt through (Ctrl-C must stop the
-    loop); a pool thread catches everything, since nobody else would see it.
-    """
-    job = chunk.job
-    values: list[Any] = []
-    errors: dict[int, BaseException] = {}
-    call = job.caller()
-    clock = time.perf_counter
-    started = clock()
-    slowest = (0.0, -1)
-    for offset, item in enumerate(chunk.items):
-        began = clock()
-        try:
-            values.append(call(item))
-        except catch as exc:
-            values.append(None)
-            errors[chunk.start + offset] = exc
-            if job.stop_on_error:
-                break
-        finally:
-            took = clock() - began
-            if took > slowest[0]:
-                slowest = (took, chunk.start + offset)
-    return Outcome(job.id, chunk.start, values, errors, clock() - started,
-                   threading.current_thread().name, slowest)
-
-
 class Backend(ABC):
     """Runs chunks somewhere and reports their outcomes.
 
@@ -152,7 +146,8 @@ class Backend(ABC):
 
     @abstractmethod
     def _poll(self, timeout: float | None) -> list[Outcome]:
-        """Outcomes of any job that finished, waiting up to ``timeout`` seconds."""
+        """Outcomes of any job that finished, waiting up to ``timeout`` seconds.
+        Called by one thread at a time, without the lock held."""
 
     @abstractmethod
     def cancel(self, job: Job) -> None:
@@ -178,12 +173,12 @@ class Backend(ABC):
 
         Calls from several threads may share a backend. One of them at a time
         polls, for everyone: what it collects for another job is held for
-        that job, and the others are woken to look. Polling holds the lock,
-        so while other jobs are active it polls in short slices, and their
-        threads can submit between them."""
+        that job, and the others are woken to look. ``_poll`` takes the lock
+        only as it needs it; one that holds it while it waits polls in short
+        slices while other jobs are active, so their threads can submit."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._lock:
-            while True:
+        while True:
+            with self._lock:
                 mine = self._held.pop(job.id, None)
                 if mine:
                     return mine
@@ -194,13 +189,16 @@ class Backend(ABC):
                     self._turns.wait(min(remaining, POLL_SLICE))
                     continue
                 self._polling = True
-                try:
-                    slice_ = POLL_SLICE if len(self._active) <= 1 else SHARED_POLL_SLICE
-                    for outcome in self._poll(min(remaining, slice_)):
+                slice_ = POLL_SLICE if len(self._active) <= 1 else SHARED_POLL_SLICE
+            outcomes: list[Outcome] = []
+            try:
+                outcomes = self._poll(min(remaining, slice_))  # it takes the lock as it needs
+            finally:
+                with self._lock:
+                    self._polling = False
+                    for outcome in outcomes:
                         if outcome.job_id in self._active:  # results of ended jobs are dropped
                             self._held[outcome.job_id].append(outcome)
-                finally:
-                    self._polling = False
                     self._turns.notify_all()
 
     def end_job(self, job: Job) -> None:

@@ -1,20 +1,32 @@
 """The thread backend: a thread pool in the caller's process. Nothing is
 pickled, so it suits I/O-bound work and functions that release the GIL.
 
-A running thread cannot be interrupted: after a cancel (an error, ``break``,
-Ctrl-C) the items already running finish in the background and their results
-are dropped. ``timeout=`` is not enforced here; use the process backend.
+Items run with the same loop as in a worker process (``_runner``), their
+results and exceptions kept as they are. A running item cannot be
+interrupted: after a cancel (an error, ``break``, Ctrl-C) the items already
+running finish in the background and their results are dropped, and no
+further item of the cancelled call starts. ``timeout=`` is not enforced
+here; use the process backend.
 """
 
 from __future__ import annotations
 
+import array
+import functools
 import queue
+import threading
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from .base import Backend, Chunk, Job, Outcome, run_chunk
+from ._runner import EVERYTHING, run_items
+from ._wire import Done, JobSpec, decode
+from .base import Backend, Chunk, Job, Outcome, Settings
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "create"]
+
+
+def _as_it_is(exc: BaseException) -> BaseException:
+    return exc  # an exception in a thread needs no capturing to reach the caller
 
 
 class ThreadBackend(Backend):
@@ -24,20 +36,32 @@ class ThreadBackend(Backend):
         super().__init__(workers)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parloop")
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self._futures: defaultdict[int, set[Future[Outcome]]] = defaultdict(set)
+        self._futures: defaultdict[int, set[Future[None]]] = defaultdict(set)
+        self._cancelled: set[int] = set()  # jobs whose remaining items must not start
 
     def submit(self, chunk: Chunk) -> None:
-        future = self._executor.submit(run_chunk, chunk, BaseException)
-        futures = self._futures[chunk.job.id]
-        futures.add(future)
-        future.add_done_callback(self._finished)
+        future = self._executor.submit(self._run, chunk)
+        with self._lock:
+            self._futures[chunk.job.id].add(future)
+        future.add_done_callback(functools.partial(self._forget, chunk.job.id))
 
-    def _finished(self, future: Future[Outcome]) -> None:
-        if future.cancelled():
-            return
-        outcome = future.result()  # run_chunk caught everything the item raised
-        self._futures[outcome.job_id].discard(future)
-        self._done.put(outcome)
+    def _run(self, chunk: Chunk) -> None:
+        job = chunk.job
+        spec = JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error, float("inf"),
+                       False)
+        status = memoryview(array.array("d", [0.0, 0.0, 0.0]))
+        worker = threading.current_thread().name
+
+        def report(done: Done) -> None:
+            self._done.put(decode(chunk, done, worker))
+
+        run_items(job.id, spec, chunk.start, chunk.items, None, report=report, status=status,
+                  cancelled=self._cancelled, load=_as_it_is, pack=_as_it_is,
+                  as_is=EVERYTHING, keep=_as_it_is)
+
+    def _forget(self, job_id: int, future: Future[None]) -> None:
+        with self._lock:
+            self._futures[job_id].discard(future)
 
     def _poll(self, timeout: float | None) -> list[Outcome]:
         try:
@@ -51,16 +75,22 @@ class ThreadBackend(Backend):
                 return ready
 
     def cancel(self, job: Job) -> None:
-        for future in self._futures.pop(job.id, set()):
+        with self._lock:
+            self._cancelled.add(job.id)
+            futures = self._futures.pop(job.id, set())
+        for future in futures:
             future.cancel()
 
     def end_job(self, job: Job) -> None:
         super().end_job(job)
-        self._futures.pop(job.id, None)
+        with self._lock:
+            self._futures.pop(job.id, None)
+            self._cancelled.discard(job.id)
 
     def close(self, *, kill: bool = False) -> None:
         self._executor.shutdown(wait=not kill, cancel_futures=True)
 
 
-def create(workers: int, options: object) -> ThreadBackend:
+def create(workers: int, options: Settings) -> ThreadBackend:
     return ThreadBackend(workers)
+

@@ -12,7 +12,8 @@ from typing import Any
 
 from ..._options import Options
 from ..base import Chunk
-from .shared import ClusterBackend, Reply, _JobState, _Lost, run_chunk_remote
+from .shared import ClusterBackend, _JobState, _Lost
+from .task import Reply, run_chunk_remote
 
 __all__ = ["DaskBackend"]
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from typing import Any
 
 from ..._options import Options
-from ...errors import ParloopWarning
+from ...errors import ParloopWarning, warn
 from ..base import Chunk
-from .shared import ClusterBackend, Reply, _JobState, run_chunk_remote
+from .shared import ClusterBackend, _JobState
+from .task import Reply, run_chunk_remote
 
 __all__ = ["RayBackend"]
 
@@ -120,10 +120,10 @@ def _warn_if_elsewhere(ray: Any, address: str | None) -> None:
     local = host in ("127.0.0.1", "localhost") and str(current).endswith(f":{port}")
     if current and (wanted == current or local):
         return
-    warnings.warn(
+    warn(
         f"parloop: Ray is already initialised in this process (at {current or 'an unknown address'}), "
         f"so address={address!r} is not used. Call ray.shutdown() first to connect elsewhere.",
-        ParloopWarning, stacklevel=2)
+        ParloopWarning)
 
 
 def create(workers: int, options: Options) -> RayBackend:

@@ -11,15 +11,15 @@ How a chunk travels::
     submit(chunk) --> one remote task:
       run_chunk_remote(job key, spec, start, items) -> unpickle the spec once per
                                                        worker (cached by key), run
-                                                       the items, pickle each
-                                                       result, capture each error
-    _poll() <-- (result blobs, errors, busy) --------- task result
+                                                       the items (_runner, as a
+                                                       process worker does)
+    _poll() <-- (worker, [Done, ...]) ---------------- task result
        |
        v
     Outcome(job, start, values, errors) --> engine
 
-Each result travels as its own pickle, so one unpicklable result fails only
-its item.
+A result that is not a small plain value travels as its own pickle, so one
+unpicklable result fails only its item.
 
 A lost worker fails the items it ran, and only those. A chunk whose worker
 died is split into one task per item. A one-item task whose worker died
@@ -46,119 +46,24 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
-import pickle
-import socket
-import threading
+import math
 import time
 import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from ... import _pickling, _state
+from ... import _pickling
 from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from .._results import crash_outcome, decode_done
+from .._wire import JobSpec, decode, failed_outcome, pack_item, pack_items
 from ..base import Backend, Chunk, Job, Outcome
-from ..process.worker import Pickled, _unpickle_error, capture, dump_value
+from .task import Reply
 
-__all__ = ["ClusterBackend", "run_chunk_remote"]
-
-Captured = tuple[bytes | None, str, str, str]
-#: what a remote task returns; None: the items did not unpickle as one list
-Reply = tuple[list[Pickled | None], dict[int, Captured], float, str, tuple[float, int]] | None
+__all__ = ["ClusterBackend"]
 
 TIMEOUT_GRACE = 0.25  # seconds a chunk may overrun timeout * items: scheduling noise
 COLD_START = 5.0  # more seconds while a worker may still be starting, or loading the job
 LOST_RETRIES = 3  # times a chunk is resent after the cluster lost the job's data
-
-# -- worker side ----------------------------------------------------------------------
-
-_SPEC_CACHE = 8  # jobs whose unpickled (fn, args, kwargs) a worker keeps
-_specs: OrderedDict[str, Any] = OrderedDict()
-_specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
-
-
-def _load_spec(key: str, blob: bytes) -> tuple[Callable[..., Any], tuple[Any, ...],
-                                               dict[str, Any], bool, bool]:
-    with _specs_lock:
-        spec = _specs.get(key)
-        if spec is not None:
-            _specs.move_to_end(key)
-    if spec is None:
-        try:
-            spec = pickle.loads(blob)
-        except BaseException as exc:
-            spec = exc
-        with _specs_lock:
-            _specs[key] = spec
-            while len(_specs) > _SPEC_CACHE:
-                _specs.popitem(last=False)
-    if isinstance(spec, BaseException):
-        raise spec
-    return spec  # type: ignore[no-any-return]
-
-
-def _item(items: list[Any], split: bool, offset: int, start: int) -> tuple[bool, Any]:
-    """(True, item), or (False, captured error) when it could not be sent."""
-    if not split:
-        return True, items[offset]
-    kind, data = items[offset]
-    if kind == "failed":  # the caller could not pickle it; data is the explanation
-        return False, (data, "", "", "")
-    try:
-        return True, pickle.loads(data)
-    except BaseException as exc:
-        return False, capture(_unpickle_error("item", start + offset, exc))
-
-
-def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
-    """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
-    _state.IN_WORKER = True
-    worker = f"{socket.gethostname()} pid {os.getpid()}"
-    try:
-        fn, args, kwargs, star, stop_on_error = _load_spec(key, spec)
-    except BaseException as exc:
-        info = capture(_unpickle_error("function or its extra arguments", None, exc))
-        return [None] * count, dict.fromkeys(range(count), info), 0.0, worker, (0.0, -1)
-    split = not isinstance(packed, bytes)  # bytes: the whole list; else (kind, blob) pairs
-    if not split:
-        try:
-            packed = pickle.loads(packed)
-        except BaseException:
-            return None  # the caller resends them one by one
-    values: list[Pickled | None] = []
-    errors: dict[int, Captured] = {}
-    clock = time.perf_counter
-    busy, slowest = 0.0, (0.0, -1)
-    for offset in range(count):
-        ok, item = _item(packed, split, offset, start)
-        if not ok:
-            values.append(None)
-            errors[offset] = item
-            continue
-        began = clock()
-        try:
-            result = fn(*item, *args, **kwargs) if star else fn(item, *args, **kwargs)
-            try:
-                values.append(Pickled(dump_value(result)))  # decoded one by one
-            except BaseException as exc:
-                values.append(None)
-                errors[offset] = capture(_unpickle_error("result", start + offset, exc, True))
-        except BaseException as exc:
-            values.append(None)
-            errors[offset] = capture(exc)
-            # KeyboardInterrupt is also how Ray cancels a running task.
-            if stop_on_error or isinstance(exc, KeyboardInterrupt):
-                break
-        finally:
-            spent = clock() - began
-            busy += spent
-            if spent > slowest[0]:
-                slowest = (spent, start + offset)
-    return values, errors, busy, worker, slowest
-
 
 # -- caller side, shared by Dask and Ray -----------------------------------------------
 
@@ -257,11 +162,12 @@ class ClusterBackend(Backend):
         packed: Any = None
         if not task.split:
             try:
-                packed = _dump_items(chunk.items)
+                packed = pack_items(chunk.items, by_value=True)
             except Exception:
                 task.split = True
         if task.split:
-            packed = [_pack(chunk.start + i, item) for i, item in enumerate(chunk.items)]
+            packed = [pack_item(chunk.start + i, item, by_value=True)
+                      for i, item in enumerate(chunk.items)]
         handle = self._launch(state, chunk, packed)
         task.spec = state.spec
         self._tasks[handle] = task
@@ -274,13 +180,14 @@ class ClusterBackend(Backend):
         try:
             self._launch_task(task)
         except Exception as exc:  # e.g. no worker came back to hold the job's data
-            self._ready.append(crash_outcome(task.chunk, task.chunk.start,
+            self._ready.append(failed_outcome(task.chunk, task.chunk.start,
                                              self._crash(task.chunk, exc)))
 
     def _job_state(self, job: Job) -> _JobState:
         state = self._jobs.get(job.id)
         if state is None:
-            spec = (job.fn, job.args, job.kwargs, job.star, job.stop_on_error)
+            spec = tuple(JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
+                                 math.inf, False))
             try:
                 blob = _pickling.dumps(spec)
             except Exception as exc:
@@ -327,21 +234,22 @@ class ClusterBackend(Backend):
     # -- collecting -----------------------------------------------------------------------
 
     def _poll(self, timeout: float | None) -> list[Outcome]:
-        self._launch_waiting()
-        if not self._ready:
-            if self._tasks:
-                now = time.monotonic()
-                self._mark_running(now)
-                done = self._finished(self._until_deadline(now, timeout))
-                if done:
-                    self._collect(done)
-                self._enforce_deadlines()
-                self._release_suspect()
-                self._launch_waiting()
-            elif timeout:
-                time.sleep(timeout)
-        ready, self._ready = self._ready, []
-        return ready
+        with self._lock:  # held while waiting: wait() polls in short slices when shared
+            self._launch_waiting()
+            if not self._ready:
+                if self._tasks:
+                    now = time.monotonic()
+                    self._mark_running(now)
+                    done = self._finished(self._until_deadline(now, timeout))
+                    if done:
+                        self._collect(done)
+                    self._enforce_deadlines()
+                    self._release_suspect()
+                    self._launch_waiting()
+                elif timeout:
+                    time.sleep(timeout)
+            ready, self._ready = self._ready, []
+            return ready
 
     def _collect(self, done: list[Any]) -> None:
         tasks = [self._tasks.pop(handle) for handle in done]
@@ -356,22 +264,22 @@ class ClusterBackend(Backend):
             elif reply is None:
                 self._resend(_Task(chunk, split=True))
             else:
-                blobs, errors, busy, worker, slowest = reply
-                outcome = decode_done(chunk, chunk.start, blobs, errors, busy, worker)
-                outcome.slowest = slowest
-                self._ready.append(outcome)
-                if len(blobs) < len(chunk.items):
+                worker, reports = reply
+                for report in reports:
+                    self._ready.append(decode(chunk, report, worker))
+                ran = sum(len(report.values) for report in reports)
+                if ran < len(chunk.items):
                     # The task stopped early (an error under stop_on_error, or an
                     # interrupt). Send the rest: the engine cancels it if it stops the
                     # call, and needs it when it retries the failed item instead.
-                    rest = Chunk(chunk.job, chunk.start + len(blobs), chunk.items[len(blobs):])
+                    rest = Chunk(chunk.job, chunk.start + ran, chunk.items[ran:])
                     self._resend(_Task(rest, task.split))
 
     def _failed(self, task: _Task, error: BaseException) -> None:
         chunk = task.chunk
         lost = isinstance(error, _Lost)
         if not lost and not self._is_crash(error):
-            self._ready.append(crash_outcome(chunk, chunk.start, error))
+            self._ready.append(failed_outcome(chunk, chunk.start, error))
             return
         self._cold_until = time.monotonic() + COLD_START  # workers are being replaced
         if lost and task.lost < LOST_RETRIES:
@@ -386,7 +294,7 @@ class ClusterBackend(Backend):
         elif task.strikes < self.strikes_allowed:
             self._quarantine.append(_Task(chunk, task.split, task.lost, task.strikes + 1))
         else:
-            self._ready.append(crash_outcome(chunk, chunk.start, self._crash(chunk, error)))
+            self._ready.append(failed_outcome(chunk, chunk.start, self._crash(chunk, error)))
 
     def _release_suspect(self) -> None:
         """Run the next quarantined task once the one before it has finished."""
@@ -396,7 +304,7 @@ class ClusterBackend(Backend):
             try:
                 self._suspect = self._launch_task(task)
             except Exception as exc:
-                self._ready.append(crash_outcome(task.chunk, task.chunk.start,
+                self._ready.append(failed_outcome(task.chunk, task.chunk.start,
                                                  self._crash(task.chunk, exc)))
 
     def _crash(self, chunk: Chunk, error: BaseException) -> WorkerCrashedError:
@@ -444,22 +352,6 @@ class ClusterBackend(Backend):
             chunk = task.chunk
             what = (f"item #{chunk.start} ({short_repr(chunk.items[0])})" if len(chunk.items) == 1
                     else f"the task running items #{chunk.start}..#{chunk.start + len(chunk.items) - 1}")
-            self._ready.append(crash_outcome(chunk, chunk.start, TaskTimeoutError(
+            self._ready.append(failed_outcome(chunk, chunk.start, TaskTimeoutError(
                 f"{what} ran longer than timeout={chunk.job.timeout:g} s per item; "
                 f"its {self.name} task was cancelled")))
-
-
-def _dump_items(items: Any) -> bytes:
-    """Items as a cluster worker can load them. Its ``__main__`` is never the
-    caller's, so a pickle naming ``__main__`` (an instance of a class of the
-    script) is made again with those classes by value."""
-    blob = dump_value(items)
-    return _pickling.dumps(items) if _pickling.mentions_main(blob) else blob
-
-
-def _pack(index: int, item: Any) -> tuple[str, bytes]:
-    try:
-        return ("item", _dump_items(item))
-    except Exception:
-        return ("failed", dump_value(_pickling.explain_item(index, item)))
-

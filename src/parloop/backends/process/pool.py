@@ -40,17 +40,30 @@ import weakref
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
-from ... import _cpu, _pickling
+from ... import _costs, _cpu, _pickling
 from ..._cpu import default_start_method
-from ..._options import Options
 from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from .._results import crash_outcome, decode_done
-from ..base import Backend, Chunk, Job, Outcome
+from .._wire import (
+    Cancel,
+    Done,
+    Forget,
+    JobMessage,
+    JobSpec,
+    Ready,
+    Resend,
+    RunChunk,
+    Stop,
+    decode,
+    failed_outcome,
+    pack_item,
+    pack_items,
+)
+from ..base import Backend, Chunk, Job, Outcome, Settings
 from . import children as _children
 from . import launch as _launch
-from . import shm as _shm
-from . import worker as _worker
+from . import pipe, shm
 from .children import Sent, Worker
+from .worker import IDLE_EXIT
 
 __all__ = ["ProcessBackend", "default_start_method"]
 
@@ -88,9 +101,9 @@ class ProcessBackend(Backend):
         method = self._explicit_method or default_start_method()
         return _children.start(method, self._threads, IDLE_TIMEOUT)
 
-    def _send(self, worker: Worker, message: tuple[Any, ...]) -> bool:
+    def _send(self, worker: Worker, message: Any) -> bool:
         try:
-            _worker.send(worker.conn, message)
+            pipe.send(worker.conn, message)
             return True
         except OSError:  # it died; its sentinel tells the rest
             return False
@@ -104,7 +117,7 @@ class ProcessBackend(Backend):
                 _children.track(self)
                 self._pool = [self._spawn() for _ in range(self.workers)]
             if self._broken:
-                self._outcomes.append(crash_outcome(chunk, chunk.start, WorkerCrashedError(
+                self._outcomes.append(failed_outcome(chunk, chunk.start, WorkerCrashedError(
                     self._broken, indices=tuple(range(chunk.start, chunk.start + len(chunk.items))))))
                 return
             worker = min(self._pool, key=lambda w: (len(w.inflight), not w.ready))
@@ -114,30 +127,29 @@ class ProcessBackend(Backend):
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
             timed = job.timeout is not None  # every item's result leaves at once
-            payload = _shm.pack((job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                                 0.0 if timed else FLUSH_SECONDS, timed), _pickling.dumps)
+            spec = JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
+                           0.0 if timed else FLUSH_SECONDS, timed)
+            payload = shm.pack(tuple(spec), _pickling.dumps)
             # A worker may get it later (a replacement): it must see the arguments as they were.
-            self._payloads[job] = payload.snapshot() if isinstance(payload, _shm.Packed) else payload
+            self._payloads[job] = payload.snapshot() if isinstance(payload, shm.Packed) else payload
         if job.id not in worker.jobs:
-            self._send(worker, ("job", job.id, self._payloads[job]))
+            self._send(worker, JobMessage(job.id, self._payloads[job]))
             worker.jobs.add(job.id)
-        count = len(chunk.items)
         # Items naming classes of __main__ go by value to a worker that may
         # lack them: one not forked from this process, or one that failed to
         # load them by reference already (the class is newer than the worker).
         by_value = not worker.forked or job.id in self._main_by_value
+        items: Any = None
         if not split:
             try:
-                message: tuple[Any, ...] = ("chunk", job.id, chunk.start, count,
-                                            _pack_items(chunk.items, by_value))
+                items = pack_items(chunk.items, by_value, shm.pack)
             except Exception:
                 split = True
         if split:
-            message = ("split", job.id, chunk.start, count,
-                       [_pickled_item(chunk.start + i, x, by_value)
-                        for i, x in enumerate(chunk.items)])
+            items = [pack_item(chunk.start + i, x, by_value, shm.pack)
+                     for i, x in enumerate(chunk.items)]
         worker.inflight.append(Sent(chunk, chunk.start, split, by_value))
-        self._send(worker, message)
+        self._send(worker, RunChunk(job.id, chunk.start, len(chunk.items), items, split))
 
     def started(self) -> bool:
         """A worker has said it is ready, or one has exited (a failed start:
@@ -157,7 +169,7 @@ class ProcessBackend(Backend):
                 for sent in held:
                     sent.cancelled_at = now
                 if held:
-                    self._send(worker, ("cancel", job.id))
+                    self._send(worker, Cancel(job.id))
             self._outcomes = [o for o in self._outcomes if o.job_id != job.id]
 
     def end_job(self, job: Job) -> None:
@@ -167,7 +179,7 @@ class ProcessBackend(Backend):
             for worker in self._pool:
                 if job.id in worker.jobs:
                     worker.jobs.discard(job.id)
-                    self._send(worker, ("forget", job.id))
+                    self._send(worker, Forget(job.id))
 
     def close(self, *, kill: bool = False) -> None:
         """Idle workers are asked to stop; busy ones (their work was cancelled
@@ -177,7 +189,7 @@ class ProcessBackend(Backend):
             _children.live_pools.discard(self)
             idle = [] if kill else [w for w in pool if not w.inflight]
             for worker in idle:
-                self._send(worker, ("stop",))
+                self._send(worker, Stop())
             deadline = time.monotonic() + STOP_GRACE
             for worker in idle:
                 worker.process.join(max(0.0, deadline - time.monotonic()))
@@ -186,25 +198,36 @@ class ProcessBackend(Backend):
     # -- collecting ----------------------------------------------------------------
 
     def _poll(self, timeout: float | None) -> list[Outcome]:
-        if not self._outcomes:
+        # The lock is not held while waiting: other threads' calls submit
+        # meanwhile. Only the poller replaces workers, so the handles stay
+        # valid, unless the pool closes (then the wait fails, or wakes).
+        with self._lock:
+            if self._outcomes:
+                ready, self._outcomes = self._outcomes, []
+                return ready
             timeout = self._deadline_wait(timeout)
             handles = {w.conn: w for w in self._pool} | {w.process.sentinel: w for w in self._pool}
-            for handle in wait_for(list(handles), timeout):
+        try:
+            woken = wait_for(list(handles), timeout)
+        except (OSError, ValueError):  # closed under us
+            woken = []
+        with self._lock:
+            for handle in woken:
                 worker = handles[handle]
-                if handle is worker.conn:
+                if handle is worker.conn and worker in self._pool:
                     self._drain(worker)
             for worker in list(self._pool):
                 if worker.process.exitcode is not None:
                     self._drain(worker)
                     self._replace(worker)
             self._enforce_deadlines()
-        ready, self._outcomes = self._outcomes, []
-        return ready
+            ready, self._outcomes = self._outcomes, []
+            return ready
 
     def _drain(self, worker: Worker) -> None:
         try:
             while worker.conn.poll():
-                self._handle(worker, _worker.receive(worker.conn))
+                self._handle(worker, pipe.receive(worker.conn))
         except EOFError:
             pass
         except OSError:
@@ -214,12 +237,19 @@ class ProcessBackend(Backend):
             if worker.process.exitcode is None:
                 worker.process.kill()
 
-    def _handle(self, worker: Worker, message: tuple[Any, ...]) -> None:
-        kind = message[0]
-        if kind == "ready":
+    def _handle(self, worker: Worker, message: Any) -> None:
+        kind = type(message)
+        if kind is Done:
+            sent = worker.inflight[0]
+            sent.next_index = message.start + len(message.values)
+            if message.final:
+                worker.inflight.popleft()
+            if sent.cancelled_at is None:
+                self._outcomes.append(decode(sent.chunk, message, worker.name, shm.loads))
+        elif kind is Ready:
             worker.ready = True
             self._startup_failures = 0
-        elif kind == "resend":
+        elif kind is Resend:
             sent = worker.inflight.popleft()
             # The worker runs the resent chunk after those already queued, so
             # it goes to the back of inflight too. Sent by value first (it may
@@ -229,17 +259,6 @@ class ProcessBackend(Backend):
                 if by_value_first:
                     self._main_by_value.add(sent.chunk.job.id)
                 self._assign(worker, sent.chunk, split=not by_value_first)
-        elif kind == "done":
-            _, _, start, blobs, errors, busy, final, slowest, wrapped = message
-            sent = worker.inflight[0]
-            sent.next_index = start + len(blobs)
-            if final:
-                worker.inflight.popleft()
-            if sent.cancelled_at is None:
-                outcome = decode_done(sent.chunk, start, blobs, errors, busy, worker.name,
-                                      wrapped)
-                outcome.slowest = slowest
-                self._outcomes.append(outcome)
 
     # -- faults ----------------------------------------------------------------------
 
@@ -256,7 +275,7 @@ class ProcessBackend(Backend):
                                 "spawn and forkserver start methods the main module must be "
                                 "importable and guard its work with if __name__ == '__main__'")
         at = worker.holding()
-        if at is not None and code == _worker.IDLE_EXIT:
+        if at is not None and code == IDLE_EXIT:
             at = None  # it left on its own, between items
         if at is not None and at[2] < 0 and not at[0].split:
             at = None  # it died unpickling a whole chunk: resend it item by item to learn which
@@ -268,7 +287,7 @@ class ProcessBackend(Backend):
                 index = at[1]
                 error = cause or WorkerCrashedError(_children.crash_message(worker, code, index, chunk),
                                                     pid=worker.pid, exitcode=code, indices=(index,))
-                self._outcomes.append(crash_outcome(chunk, index, error, index + 1))
+                self._outcomes.append(failed_outcome(chunk, index, error, index + 1))
                 # Results it had finished but not sent died with it: run those again.
                 self._requeue(chunk, sent.next_index, index, split)
                 self._requeue(chunk, index + 1, sent.end, split)
@@ -328,31 +347,18 @@ class ProcessBackend(Backend):
         self._reset_lock()  # another thread may have held it at the fork
 
 
-def _pack_items(items: Any, by_value: bool) -> Any:
-    """``items`` ready to send; by value (cloudpickle) when ``by_value`` and
-    their pickle names something of ``__main__``."""
-    packed = _shm.pack(items, fallback=_pickling.dumps)  # a class made in a function, say
-    if by_value and _pickling.mentions_main(packed.blob if isinstance(packed, _shm.Packed)
-                                            else packed):
-        packed = _shm.pack(items, _pickling.dumps)
-    return packed
-
-
-def _pickled_item(index: int, item: Any, by_value: bool) -> tuple[str, Any]:
-    try:
-        return ("item", _pack_items(item, by_value))
-    except Exception:
-        error = _pickling.explain_item(index, item)
-        return ("failed", _worker.dump_value(error))
-
-
-def prepare(options: Options) -> None:
+def prepare(options: Settings) -> None:
     """Before a pool starts in a background thread: a fork server must be
-    started from the caller's own thread (it briefly sets an environment
-    variable, which another thread must not do while this one runs)."""
+    started from the caller's own thread (see ``launch.ensure_running``)."""
     if (options.start_method or default_start_method()) == "forkserver":
         _launch.ensure_running()
 
 
-def create(workers: int, options: Options) -> ProcessBackend:
-    return ProcessBackend(workers, options.start_method)
+def create(workers: int, options: Settings) -> ProcessBackend:
+    """A pool of ``workers`` processes; the time it took to start is this
+    machine's next estimate (see ``parloop._costs``)."""
+    key = _costs.startup_key(options.start_method or default_start_method())
+    started = time.perf_counter()
+    backend = ProcessBackend(workers, options.start_method)
+    _costs.record_startup(key, workers, time.perf_counter() - started)
+    return backend

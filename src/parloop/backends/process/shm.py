@@ -29,13 +29,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from ... import _costs
+
 __all__ = ["ENABLED", "THRESHOLD", "Packed", "export", "loads", "pack", "receive_fds", "send_fds"]
 
-# Round trip of an ndarray, pipe vs memfd (medians, 2 slow cores): 100 KB
-# 0.47 vs 0.85 ms, 200 KB 1.3 vs 1.0 ms, 1 MB 9.2 vs 2.6 ms, 10 MB 73 vs 18 ms,
-# 100 MB 785 vs 149 ms. The pipe wins only below ~150 KB.
-THRESHOLD = 256 << 10  # bytes
-ENABLED = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+# The pipe is faster than a memfd below THRESHOLD; see parloop._costs.
+THRESHOLD = _costs.SHARED_THRESHOLD
+ENABLED = _costs.SHARED_MEMORY
 PROTOCOL = 5
 FRAME = 1 << 20  # bytes
 PIPE, WRITABLE, MEMFD = 0, 1, 2  # how each frame of a message travels

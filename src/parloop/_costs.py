@@ -1,0 +1,148 @@
+"""What things cost here: starting a pool, moving bytes to a worker and
+back, reading the clock, and each function's measured seconds per item.
+The planner reads these; the process backend writes what it measures.
+
+The constants are this machine's measurements as first guesses (how they
+were measured: ``benchmarks/README.md``); a process replaces the start-up
+guesses with what it measures itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "note_fork_server",
+           "recall", "record_startup", "remember", "startup_estimate", "startup_key",
+           "transfer_seconds"]
+
+# -- moving bytes ----------------------------------------------------------------------------
+
+#: Big buffers (NumPy arrays, big pickles) travel through anonymous shared
+#: memory where the platform allows it (Linux memfd), others through the pipe.
+SHARED_MEMORY = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
+#: bytes: the pipe is faster below this, shared memory above (measured round trips)
+SHARED_THRESHOLD = 256 << 10
+PIPE_BYTES_PER_SECOND = 0.25e9  # caller -> worker -> caller, copies included
+SHARED_BYTES_PER_SECOND = 1.3e9
+SHARED_SECONDS_PER_BUFFER = 0.0004  # a memfd's fixed cost, both ways
+#: What a pooled item costs beyond pickling its data: the worker's loop and
+#: the caller's share of chunking and collecting.
+ITEM_OVERHEAD = 0.5e-6
+
+# -- starting a pool ---------------------------------------------------------------------------
+
+# Seconds to start a pool of n workers, by start method: (fixed, per worker).
+# "forkserver-cold": the fork server itself must start first (a new
+# interpreter that imports parloop and the main module's libraries), once.
+_STARTUP: dict[str, tuple[float, float]] = {
+    "fork": (0.004, 0.004),
+    "forkserver": (0.005, 0.02),
+    "forkserver-cold": (0.25, 0.02),
+    "spawn": (0.05, 0.06),
+    "thread": (0.0, 0.0001),
+}
+_fork_server_running = False
+
+
+def note_fork_server(running: bool) -> None:
+    """The process backend says whether parloop's fork server runs now."""
+    global _fork_server_running
+    _fork_server_running = running
+
+
+def startup_key(method: str) -> str:
+    """``method``, told apart by whether its fork server still has to start."""
+    if method == "forkserver" and not _fork_server_running:
+        return "forkserver-cold"
+    return method
+
+
+def startup_estimate(method: str, workers: int) -> float:
+    fixed, per_worker = _STARTUP.get(startup_key(method), _STARTUP["spawn"])
+    return fixed + per_worker * workers
+
+
+def record_startup(key: str, workers: int, seconds: float) -> None:
+    """Remember a measured start (``key`` from ``startup_key``, read before
+    the start) so the next estimate is this machine's."""
+    fixed, per_worker = _STARTUP.get(key, _STARTUP["spawn"])
+    if key == "forkserver-cold":  # the server's start is the fixed part
+        _STARTUP[key] = (max(0.0, seconds - per_worker * workers), per_worker)
+    else:
+        _STARTUP[key] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
+
+
+# -- pickling and the clock ---------------------------------------------------------------------
+
+_call_overhead: float | None = None  # seconds of a pickle round trip of None
+_perf_counter_cost: float | None = None  # kept: tests pass clocks of their own
+
+
+def transfer_seconds(value: Any) -> tuple[float, int]:
+    """Seconds to move ``value`` to or from a worker process, and its size:
+    to pickle and unpickle it, less what pickling costs per call (items travel
+    in chunks, one pickle call for many), plus its bytes through the pipe or
+    shared memory. Large buffers (NumPy arrays, bytes) are counted by size
+    through protocol 5's buffer_callback, not copied."""
+    global _call_overhead
+    if _call_overhead is None:
+        _call_overhead = min(pickle_round_trip(None)[0] for _ in range(3))
+    seconds, sizes = pickle_round_trip(value)
+    elapsed = max(0.0, seconds - _call_overhead)
+    shared = [n for n in sizes if n >= SHARED_THRESHOLD] if SHARED_MEMORY else []
+    elapsed += (sum(sizes) - sum(shared)) / PIPE_BYTES_PER_SECOND
+    elapsed += sum(shared) / SHARED_BYTES_PER_SECOND + SHARED_SECONDS_PER_BUFFER * len(shared)
+    return elapsed, sum(sizes)
+
+
+def pickle_round_trip(value: Any) -> tuple[float, list[int]]:
+    """Seconds to pickle and unpickle ``value``; the sizes of its pickle and buffers."""
+    buffers: list[pickle.PickleBuffer] = []
+    started = time.perf_counter()
+    data = pickle.dumps(value, 5, buffer_callback=buffers.append)
+    pickle.loads(data, buffers=buffers)
+    elapsed = time.perf_counter() - started
+    return elapsed, [len(data), *(buffer.raw().nbytes for buffer in buffers)]
+
+
+def clock_cost(clock: Callable[[], float]) -> float:
+    """Seconds a timing with ``clock`` adds to what it times."""
+    global _perf_counter_cost
+    if clock is time.perf_counter and _perf_counter_cost is not None:
+        return _perf_counter_cost
+    readings = []
+    for _ in range(5):
+        began = clock()
+        readings.append(clock() - began)
+    if clock is time.perf_counter:
+        _perf_counter_cost = min(readings)
+    return min(readings)
+
+
+# -- each function's history ---------------------------------------------------------------
+
+_history: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+
+def _history_key(fn: Any) -> Any:
+    return getattr(fn, "__func__", fn)  # a bound method is a new object on every access
+
+
+def remember(fn: Any, per_item: float) -> None:
+    """Keep the seconds per item a call of ``fn`` measured, while ``fn`` lives."""
+    with contextlib.suppress(TypeError):  # not weakly referenceable (a builtin): no history
+        _history[_history_key(fn)] = per_item
+
+
+def recall(fn: Any) -> float | None:
+    try:
+        return _history.get(_history_key(fn))
+    except TypeError:
+        return None

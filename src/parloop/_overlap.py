@@ -1,0 +1,97 @@
+"""Starting a pool in a thread while the caller goes on running items, so
+that the start-up (a fork server and fresh workers: ~0.2-0.5 s) costs no
+time. Only for pools that do not fork the caller: forking from a thread
+while this one runs user code could copy a lock it holds into the workers.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable, Generator
+from typing import Any
+
+from ._scope import Lease
+from ._serial import RESPONSIVE_SECONDS, SerialLoop
+
+__all__ = ["start_while_working"]
+
+
+def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: float,
+                        expected: float) -> Generator[list[Any], None, Lease | None]:
+    """Run ``start`` in a thread and items in ``loop`` until the pool is up
+    (``expected``: its estimated start-up, seconds). An item expected to
+    outlast the rest of the start is not begun: the caller waits instead,
+    and the pool would otherwise idle. Returns the lease, or None when the
+    input ran out first (the pool then stays warm for the next call)."""
+    box: dict[str, Any] = {}  # the thread's result: "lease", or "error"
+
+    def starter_main() -> None:
+        try:
+            box["lease"] = start()
+        except BaseException as exc:  # handed to the caller below
+            box["error"] = exc
+
+    starter = threading.Thread(target=starter_main, name="parloop-pool-start", daemon=True)
+    loop.source.put_back()
+    batch = max(1, int(RESPONSIVE_SECONDS / 4 / max(per_item, 1e-7)))  # check every ~5 ms
+    more = True
+    _switch_often(True)
+    try:
+        began = time.perf_counter()
+        starter.start()
+        while more:
+            if not starter.is_alive() and "lease" in box and box["lease"].backend.started():
+                break  # up: a worker has said it is ready (a forkserver or spawn
+                # worker still loads the job after it has a pid)
+            if "error" in box:
+                break
+            elapsed = time.perf_counter() - began
+            # Left of the start: the estimate, or (past it) half again what it took so far.
+            if per_item > max(expected - elapsed, elapsed / 2):
+                time.sleep(0.002)
+                continue
+            before = loop.source.index
+            yield from loop.run(batch)
+            more = loop.source.index - before == batch
+        starter.join()
+        if "error" in box:
+            raise box["error"]
+        lease: Lease = box["lease"]
+        if not more and not loop.source.peek():
+            lease.release()
+            return None
+        return lease
+    except BaseException as exc:
+        if starter.is_alive() or starter.ident is not None:
+            starter.join()
+        if "lease" in box:  # killed (Ctrl-C) or merely unused (an item raised)
+            box["lease"].release(not isinstance(exc, (Exception, GeneratorExit)))
+        raise
+    finally:
+        _switch_often(False)
+
+
+_switching_lock = threading.Lock()
+_switching = 0  # calls with a pool starting now
+_user_interval = 0.0  # the switch interval to restore after them
+
+
+def _switch_often(on: bool) -> None:
+    """A pool's starter thread needs the GIL for a moment at each of its many
+    steps, and a CPU-bound caller hands it over only every switch interval
+    (5 ms): 0.5 ms while any pool starts, or the start takes many times
+    longer. Counted, so that calls starting pools at once restore the user's
+    value."""
+    global _switching, _user_interval
+    with _switching_lock:
+        if on:
+            if _switching == 0:
+                _user_interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(_user_interval, 0.0005))
+            _switching += 1
+        else:
+            _switching -= 1
+            if _switching == 0:
+                sys.setswitchinterval(_user_interval)

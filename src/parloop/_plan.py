@@ -1,0 +1,86 @@
+"""What a call says about itself: a :class:`Plan` (how it ran and why), and
+the units its numbers print in."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+__all__ = ["Plan", "Reason", "format_seconds"]
+
+
+def format_seconds(seconds: float) -> str:
+    """``1.23 s``, ``12.3 ms`` or ``123 µs``."""
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.3g} ms"
+    return f"{seconds * 1e6:.3g} µs"
+
+
+class Reason:
+    """A plan's reason, formatted when first read. Most reasons are never
+    read, and formatting their numbers costs more than a tiny call's work."""
+
+    __slots__ = ("_make", "_text")
+
+    def __init__(self, text: str | Callable[[], str]) -> None:
+        self._text = text if isinstance(text, str) else None
+        self._make = None if isinstance(text, str) else text
+
+    def __str__(self) -> str:
+        if self._text is None:
+            assert self._make is not None
+            self._text, self._make = self._make(), None
+        return self._text
+
+    def __repr__(self) -> str:
+        return repr(str(self))
+
+
+@dataclass
+class Plan:
+    """How a call ran, and why. ``str(plan)`` is one readable line."""
+
+    backend: str
+    workers: int
+    chunksize: int | None
+    why: Reason = field(default_factory=lambda: Reason(""), repr=False, compare=False)
+    items: int = 0
+    wall_seconds: float = 0.0
+    caller_seconds: float = 0.0
+    worker_seconds: dict[str, float] = field(default_factory=dict)
+    slowest: list[tuple[int, float]] = field(default_factory=list)
+    #: seconds per item as this call measured them (the next call's first guess)
+    per_item: float | None = None
+
+    @property
+    def reason(self) -> str:
+        """Why the call ran this way, with the numbers the decision rests on."""
+        return str(self.why)
+
+    @reason.setter
+    def reason(self, value: str | Callable[[], str] | Reason) -> None:
+        self.why = value if isinstance(value, Reason) else Reason(value)
+
+    def __repr__(self) -> str:
+        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr]
+        return f"Plan({', '.join(shown[:3])}, reason={self.reason!r}, {', '.join(shown[3:])})"
+
+    def __str__(self) -> str:
+        text = f"{self.backend}: {self.reason}"
+        if self.wall_seconds:
+            rate = self.items / self.wall_seconds if self.wall_seconds > 0 else 0.0
+            text += (f" | ran {self.items} items in {format_seconds(self.wall_seconds)} "
+                     f"({rate:,.0f}/s)")
+            shares = self.busy_shares()
+            if shares:
+                text += ", workers busy " + "/".join(f"{s:.0%}" for s in shares.values())
+        return text
+
+    def busy_shares(self) -> dict[str, float]:
+        """Each worker's share of the parallel part of the wall time spent computing."""
+        parallel = self.wall_seconds - self.caller_seconds
+        if parallel <= 0:
+            return {}
+        return {name: min(1.0, busy / parallel) for name, busy in self.worker_seconds.items()}

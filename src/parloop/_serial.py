@@ -1,0 +1,160 @@
+"""Running items in the caller: the plain loop, and the probe that times the
+first items while the planner decides."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from ._input import Input
+from ._planner import PoolCost, Probe, Verdict
+from ._policy import ErrorPolicy
+from ._stats import RunStats
+from .errors import stop_iteration_error
+
+__all__ = ["SerialLoop"]
+
+SERIAL_BATCH = 1024
+RESPONSIVE_SECONDS = 0.02
+
+
+class SerialLoop:
+    """Items run here, in batches: 1024 for a list call (fastest), or ~20 ms
+    of work when results must flow (an iterator, an async call, a progress
+    bar). ``sink``: a list call's result list, which results may go straight
+    into."""
+
+    def __init__(self, call: Callable[[Any], Any], source: Input, policy: ErrorPolicy,
+                 stats: RunStats, responsive: bool, sink: list[Any] | None) -> None:
+        self.call = call
+        self.source = source
+        self.policy = policy
+        self.stats = stats
+        self.responsive = responsive
+        self.sink = sink if not responsive else None
+        self.unpicklable: BaseException | None = None  # what the probe found
+
+    def run(self, limit: int | None = None) -> Iterator[list[Any]]:
+        """Run up to ``limit`` items (all when None)."""
+        if limit is None and self.sink is not None and self.source.in_sequence():
+            self._into_sink(self.sink)
+            return
+        size = 1 if self.responsive else SERIAL_BATCH
+        left = limit
+        while left is None or left > 0:
+            asked = size if left is None else min(size, left)
+            start = self.source.index
+            chunk, input_error = self.source.take(asked)
+            if chunk:
+                began = time.perf_counter()
+                self.source.index = start  # _chunk advances it item by item, for notes
+                batch, failure = self._chunk(chunk)
+                if batch:
+                    yield batch  # the results before a failure still reach an iterator
+                if failure is not None:
+                    raise failure
+                if self.responsive:
+                    per_item = (time.perf_counter() - began) / len(chunk)
+                    size = max(1, min(SERIAL_BATCH, int(RESPONSIVE_SECONDS / max(per_item, 1e-9))))
+            if input_error is not None:
+                raise input_error
+            if len(chunk) < asked:
+                return
+            if left is not None:
+                left -= len(chunk)
+
+    def _into_sink(self, sink: list[Any]) -> None:
+        """The rest of a list, tuple or range, straight into the caller's
+        result list at the speed of a plain loop. When an item raises, the
+        results before it are already in ``sink``, the iterator stands just
+        past it, and the item is ``sequence[index]``."""
+        source, sequence = self.source, self.source.sequence
+        assert sequence is not None
+        while True:
+            before = len(sink)
+            try:
+                _run_into(sink, self.call, source.iterator)
+            except Exception as exc:
+                source.index += len(sink) - before + 1
+                sink.append(self.policy.settle(self.call, sequence[source.index - 1], exc,
+                                               source.index - 1))
+                continue
+            source.index += len(sink) - before
+            if source.total is not None and source.index < source.total:
+                # The loop stopped early without an exception: the function
+                # raised StopIteration, which map takes for its input's end.
+                source.index += 1
+                error = stop_iteration_error(self.policy.fn, None)
+                sink.append(self.policy.settle(self.call, sequence[source.index - 1], error,
+                                               source.index - 1))
+                continue
+            return
+
+    def _chunk(self, chunk: list[Any]) -> tuple[list[Any], BaseException | None]:
+        """``[call(x) for x in chunk]`` at C speed (list.extend over map keeps
+        the results made before an exception), errors settled per item."""
+        start = self.source.index
+        batch: list[Any] = []
+        while len(batch) < len(chunk):
+            done = len(batch)
+            try:
+                batch.extend(map(self.call, chunk[done:] if done else chunk))
+                if len(batch) == len(chunk):
+                    break
+                # map stopped early without an exception: the function raised
+                # StopIteration, which map mistakes for its own end (PEP 479).
+                raise stop_iteration_error(self.policy.fn, None)
+            except Exception as exc:
+                position = len(batch)
+                try:
+                    batch.append(self.policy.settle(self.call, chunk[position], exc,
+                                                    start + position))
+                except Exception as failure:
+                    self.source.index = start + position + 1
+                    return batch, failure
+        self.source.index = start + len(chunk)
+        return batch, None
+
+    def probe(self, pool: Callable[[], PoolCost]) -> Iterator[list[Any]]:
+        """Run items here, timed, until the planner has seen enough; its
+        verdict is then ``self.verdict``."""
+        probe = Probe(self.source.total, pool)
+        call, source, sink, clock = self.call, self.source, self.sink, time.perf_counter
+        for item in source.iterator:
+            index = source.index
+            source.index += 1
+            began = clock()
+            try:
+                result = call(item)
+            except Exception as exc:
+                result = self.policy.settle(call, item, exc, index)
+            probe.times.append(clock() - began)
+            self.stats.note_item(probe.times[-1], index)
+            if index == 0:
+                probe.keep_first(item, result)
+            if sink is not None:
+                sink.append(result)
+            else:
+                yield [result]
+            if probe.done(source.index):
+                break
+        self.verdict: Verdict = probe.verdict(source.index)
+        self.unpicklable = probe.picklable
+
+
+def _run_by_loop(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:
+    append = sink.append
+    for item in items:
+        append(call(item))
+
+
+def _run_by_map(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:
+    sink.extend(map(call, items))
+
+
+# Both keep the results made before an exception. From 3.11 a Python loop calls
+# a Python function without re-entering the C stack, and beats map by ~20%;
+# on 3.10 map is faster by a third (measured on 1000 calls of x*x).
+_run_into = _run_by_loop if sys.version_info >= (3, 11) else _run_by_map

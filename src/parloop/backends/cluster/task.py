@@ -1,0 +1,52 @@
+"""The remote task of the cluster backends, as it runs on a Dask or Ray
+worker: the job's spec loaded once per worker process (cached by key), and
+the chunk's items run with the same loop as in a process worker."""
+
+from __future__ import annotations
+
+import array
+import os
+import pickle
+import socket
+import threading
+from typing import Any
+
+from ... import _state
+from .._runner import report_failure, run_items
+from .._wire import Done, SpecCache, dump_value, unpickle_error
+
+__all__ = ["Reply", "run_chunk_remote"]
+
+#: what a remote task returns: the worker's name and its reports; None when
+#: the items did not unpickle as one list
+Reply = tuple[str, list[Done]] | None
+
+_specs = SpecCache(pickle.loads, limit=8)  # a cluster worker serves many calls
+_specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
+
+
+def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
+    """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
+    _state.IN_WORKER = True
+    worker = f"{socket.gethostname()} pid {os.getpid()}"
+    reports: list[Done] = []
+    try:
+        with _specs_lock:
+            job = _specs.get(key, spec)
+    except BaseException as exc:
+        report_failure(0, start, count, unpickle_error("function or its extra arguments",
+                                                       None, exc), reports.append)
+        return worker, reports
+    split = not isinstance(packed, bytes)  # bytes: the whole list; else pack_item pairs
+    items = None
+    if not split:
+        try:
+            items = pickle.loads(packed)
+        except BaseException:
+            return None  # the caller resends them one by one
+    status = memoryview(array.array("d", [0.0, 0.0, 0.0]))  # nobody watches it here
+    # KeyboardInterrupt is also how Ray cancels a running task: it ends the chunk.
+    run_items(0, job, start, items, packed if split else None, report=reports.append,
+              status=status, cancelled=(), load=pickle.loads, pack=dump_value,
+              stop_on_interrupt=True)
+    return worker, reports
