@@ -89,6 +89,26 @@ def test_unpicklable_closure_falls_back_to_serial_with_a_warning() -> None:
 
 
 @pytest.mark.timeout(60)
+def test_the_fallback_warning_points_at_the_users_line_in_every_form() -> None:
+    import threading
+    lock = threading.Lock()
+
+    def guarded(x: float) -> float:
+        with lock:
+            time.sleep(x)
+        return x
+
+    fn = parallel_for(guarded, workers=2)
+    items = [0.05] * 40  # enough that a pool would clearly pay, were it possible
+    with pytest.warns(ParloopWarning) as seen:
+        fn(items)
+        list(fn.iter(items))
+        with parallel_for(workers=2) as pool:
+            pool.map(guarded, items)
+    assert [w.filename for w in seen] == [__file__] * 3
+
+
+@pytest.mark.timeout(60)
 def test_every_item_runs_exactly_once_across_probe_and_pool(tmp_path: Path) -> None:
     fn = parallel_for(_mark, workers=2)
     n = 40

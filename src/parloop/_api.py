@@ -25,7 +25,7 @@ from ._types import LoopDecorator, ParallelFunction
 __all__ = ["ParallelFor", "make_wrapper", "parallel_for_impl"]
 
 
-class _State:
+class _Remembered:
     """What a decorated function remembers: its options and its last plan."""
 
     def __init__(self, explicit: dict[str, Any]) -> None:
@@ -36,7 +36,7 @@ class _State:
         self.last_plan = plan
 
 
-def _call(state: _State, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
+def _call(state: _Remembered, wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...],
           kwargs: dict[str, Any]) -> list[Any]:
     # wrapt hands over ``wrapped`` already bound when accessed on an instance or class.
     name = getattr(wrapped, "__name__", "function")
@@ -52,10 +52,10 @@ class _Calls:
     __wrapped__: Callable[..., Any]
 
     @property
-    def _state(self) -> _State:
+    def _state(self) -> _Remembered:
         parent = getattr(self, "_self_parent", None)
         owner: Any = parent if parent is not None else self
-        return cast(_State, owner._self_state)
+        return cast(_Remembered, owner._self_state)
 
     @property
     def last_plan(self) -> Plan | None:
@@ -91,7 +91,7 @@ class _ParallelFunction(_Calls, wrapt.FunctionWrapper[Any, Any]):
     __bound_function_wrapper__ = _BoundParallelFunction
 
     def __init__(self, wrapped: Callable[..., Any], explicit: dict[str, Any]) -> None:
-        state = _State(explicit)
+        state = _Remembered(explicit)
         super().__init__(wrapped, functools.partial(_call, state))
         self._self_state = state
 

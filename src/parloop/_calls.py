@@ -8,7 +8,7 @@ import threading
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from typing import Any
 
-from . import _dispatch, _scope, _state
+from . import _dispatch, _role, _scope
 from ._options import Options, resolve
 from ._plan import Plan
 
@@ -38,7 +38,7 @@ def _settings(explicit: dict[str, Any], block: _scope.Block | None
     """The options of a call, and the block it runs in: ``block`` (a block's
     own ``pool.map`` passes its block, so it runs there from any thread),
     else this context's. A worker ignores a block it inherited by fork."""
-    if block is None and not _state.IN_WORKER:
+    if block is None and not _role.IN_WORKER:
         block = _scope.active_block()
     return resolve(explicit, block.options if block else None), block
 

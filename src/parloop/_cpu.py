@@ -152,13 +152,15 @@ def default_start_method() -> str:
     return "fork" if thread_count() == 1 else "forkserver"
 
 
-_planning: list[float | str] = [0.0, ""]
+_planned_at = -1.0
+_planned = ""
 
 
 def planning_start_method() -> str:
     """default_start_method(), re-read at most once a second: for cost
     estimates only (a pool decides again when it starts each worker)."""
+    global _planned_at, _planned
     now = time.monotonic()
-    if now - float(_planning[0]) > 1.0:
-        _planning[:] = [now, default_start_method()]
-    return str(_planning[1])
+    if now - _planned_at > 1.0:
+        _planned, _planned_at = default_start_method(), now
+    return _planned

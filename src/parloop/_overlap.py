@@ -18,6 +18,13 @@ from ._serial import RESPONSIVE_SECONDS, SerialLoop
 __all__ = ["start_while_working"]
 
 
+class _Box:
+    """What the starter thread hands back: the lease, or why there is none."""
+
+    lease: Lease | None = None
+    error: BaseException | None = None
+
+
 def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: float,
                         expected: float) -> Generator[list[Any], None, Lease | None]:
     """Run ``start`` in a thread and items in ``loop`` until the pool is up
@@ -25,13 +32,13 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
     outlast the rest of the start is not begun: the caller waits instead,
     and the pool would otherwise idle. Returns the lease, or None when the
     input ran out first (the pool then stays warm for the next call)."""
-    box: dict[str, Any] = {}  # the thread's result: "lease", or "error"
+    box = _Box()
 
     def starter_main() -> None:
         try:
-            box["lease"] = start()
+            box.lease = start()
         except BaseException as exc:  # handed to the caller below
-            box["error"] = exc
+            box.error = exc
 
     starter = threading.Thread(target=starter_main, name="parloop-pool-start", daemon=True)
     loop.source.put_back()
@@ -42,10 +49,10 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
         began = time.perf_counter()
         starter.start()
         while more:
-            if not starter.is_alive() and "lease" in box and box["lease"].backend.started():
+            if not starter.is_alive() and box.lease is not None and box.lease.backend.started():
                 break  # up: a worker has said it is ready (a forkserver or spawn
                 # worker still loads the job after it has a pid)
-            if "error" in box:
+            if box.error is not None:
                 break
             elapsed = time.perf_counter() - began
             # Left of the start: the estimate, or (past it) half again what it took so far.
@@ -56,9 +63,10 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
             yield from loop.run(batch)
             more = loop.source.index - before == batch
         starter.join()
-        if "error" in box:
-            raise box["error"]
-        lease: Lease = box["lease"]
+        if box.error is not None:
+            raise box.error
+        lease = box.lease
+        assert lease is not None
         if not more and not loop.source.peek():
             lease.release()
             return None
@@ -66,8 +74,8 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
     except BaseException as exc:
         if starter.is_alive() or starter.ident is not None:
             starter.join()
-        if "lease" in box:  # killed (Ctrl-C) or merely unused (an item raised)
-            box["lease"].release(not isinstance(exc, (Exception, GeneratorExit)))
+        if box.lease is not None:  # killed (Ctrl-C) or merely unused (an item raised)
+            box.lease.release(not isinstance(exc, (Exception, GeneratorExit)))
         raise
     finally:
         _switch_often(False)

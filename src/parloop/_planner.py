@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _costs, _cpu, _state
+from . import _costs, _cpu, _role
 from ._options import Options
 from ._plan import Reason, format_seconds
 
@@ -99,7 +99,7 @@ class Probe:
         self.times: list[float] = []
         self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
         self._transfer: tuple[float, int] | None = None
-        self.picklable: BaseException | None = None
+        self.unsendable: BaseException | None = None
         self.started = clock()
 
     @property
@@ -135,7 +135,7 @@ class Probe:
                     self._transfer = (seconds_in + seconds_out + _costs.ITEM_OVERHEAD,
                                       size_in + size_out)
                 except Exception as exc:
-                    self.picklable = exc
+                    self.unsendable = exc
         return self._transfer
 
     def per_item(self) -> float:
@@ -279,7 +279,7 @@ def _in_daemon_process() -> bool:
 
 def static_choice(options: Options, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    if _state.IN_WORKER or _in_daemon_process():
+    if _role.IN_WORKER or _in_daemon_process():
         return "serial", "already inside a worker process: a pool never starts a pool"
     if options.backend != "auto":
         return options.backend, f"backend={options.backend!r} was asked for"

@@ -141,7 +141,7 @@ class SerialLoop:
             if probe.done(source.index):
                 break
         self.verdict: Verdict = probe.verdict(source.index)
-        self.unpicklable = probe.picklable
+        self.unpicklable = probe.unsendable
 
 
 def _run_by_loop(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 from ..._options import Options
 from ..base import Chunk
-from .shared import ClusterBackend, _JobState, _Lost
+from .shared import ClusterBackend, _Lost, _ShippedJob
 from .task import Reply, run_chunk_remote
 
 __all__ = ["DaskBackend"]
@@ -84,7 +84,7 @@ class DaskBackend(ClusterBackend):
                 if time.monotonic() > deadline:
                     raise
 
-    def _launch(self, state: _JobState, chunk: Chunk, packed: Any) -> Any:
+    def _launch(self, state: _ShippedJob, chunk: Chunk, packed: Any) -> Any:
         future = self._client.submit(run_chunk_remote, state.key, state.spec, chunk.start,
                                      len(chunk.items), packed, pure=False)
         future.add_done_callback(self._done.put)  # runs in Dask's callback thread

@@ -15,7 +15,7 @@ from typing import Any
 from ..._options import Options
 from ...errors import ParloopWarning, warn
 from ..base import Chunk
-from .shared import ClusterBackend, _JobState
+from .shared import ClusterBackend, _ShippedJob
 from .task import Reply, run_chunk_remote
 
 __all__ = ["RayBackend"]
@@ -55,7 +55,7 @@ class RayBackend(ClusterBackend):
     def _ship(self, blob: bytes) -> Any:
         return self._ray.put(blob)
 
-    def _launch(self, state: _JobState, chunk: Chunk, packed: Any) -> Any:
+    def _launch(self, state: _ShippedJob, chunk: Chunk, packed: Any) -> Any:
         return self._remote.remote(state.key, state.spec, chunk.start, len(chunk.items), packed)
 
     def _finished(self, timeout: float | None) -> list[Any]:

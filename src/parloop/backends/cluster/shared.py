@@ -84,7 +84,7 @@ class _Task:
 
 
 @dataclass(eq=False)
-class _JobState:
+class _ShippedJob:
     key: str
     blob: bytes
     spec: Any = None  # the engine's handle on the shipped blob
@@ -105,7 +105,7 @@ class ClusterBackend(Backend):
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self._jobs: dict[int, _JobState] = {}
+        self._jobs: dict[int, _ShippedJob] = {}
         self._tasks: dict[Any, _Task] = {}  # engine handle -> task, in submission order
         self._quarantine: deque[_Task] = deque()
         self._waiting: deque[_Task] = deque()  # tasks of timed jobs, until a thread is free
@@ -119,7 +119,7 @@ class ClusterBackend(Backend):
     def _ship(self, blob: bytes) -> Any:
         raise NotImplementedError
 
-    def _launch(self, state: _JobState, chunk: Chunk, packed: Any) -> Any:
+    def _launch(self, state: _ShippedJob, chunk: Chunk, packed: Any) -> Any:
         raise NotImplementedError
 
     def _finished(self, timeout: float | None) -> list[Any]:
@@ -183,7 +183,7 @@ class ClusterBackend(Backend):
             self._ready.append(failed_outcome(task.chunk, task.chunk.start,
                                              self._crash(task.chunk, exc)))
 
-    def _job_state(self, job: Job) -> _JobState:
+    def _job_state(self, job: Job) -> _ShippedJob:
         state = self._jobs.get(job.id)
         if state is None:
             spec = tuple(JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
@@ -193,7 +193,7 @@ class ClusterBackend(Backend):
             except Exception as exc:
                 raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
                     or exc from None
-            state = self._jobs[job.id] = _JobState(f"parloop-{uuid.uuid4().hex}-{job.id}", blob)
+            state = self._jobs[job.id] = _ShippedJob(f"parloop-{uuid.uuid4().hex}-{job.id}", blob)
             if job.timeout is not None and self._slot_count is None:
                 self._slot_count = max(1, self._slots())
         if state.spec is None:

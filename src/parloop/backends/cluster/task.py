@@ -11,7 +11,7 @@ import socket
 import threading
 from typing import Any
 
-from ... import _state
+from ... import _role
 from .._runner import report_failure, run_items
 from .._wire import Done, SpecCache, dump_value, unpickle_error
 
@@ -27,7 +27,7 @@ _specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
 
 def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
     """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
-    _state.IN_WORKER = True
+    _role.IN_WORKER = True
     worker = f"{socket.gethostname()} pid {os.getpid()}"
     reports: list[Done] = []
     try:

@@ -11,9 +11,10 @@ import weakref
 from collections import deque
 from dataclasses import dataclass, field
 from multiprocessing import util
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ...errors import short_repr
+from .._runner import IDLE, PREPARING
 from ..base import Chunk
 from . import launch as _launch
 from . import worker as _worker
@@ -36,6 +37,22 @@ class Sent:
         return self.chunk.start + len(self.chunk.items)
 
 
+class Holding(NamedTuple):
+    """The item a worker is at, from its status (see ``_runner``)."""
+
+    sent: Sent
+    item_index: int
+    phase: float  # its start time while it runs; PREPARING; or IDLE (done, not yet sent)
+
+    @property
+    def running_since(self) -> float | None:
+        return self.phase if self.phase > IDLE else None
+
+    @property
+    def unpickling(self) -> bool:
+        return self.phase == PREPARING
+
+
 @dataclass(eq=False)
 class Worker:
     """One worker process, its pipe, and what it holds."""
@@ -53,15 +70,13 @@ class Worker:
     def name(self) -> str:
         return f"pid {self.pid}"
 
-    def holding(self) -> tuple[Sent, int, float] | None:
-        """(chunk, index, phase) of the item the worker is at, if it is one
-        it holds unreported: running (phase > 0, its start time), being
-        unpickled (phase < 0), or done but its result not yet sent (phase 0)."""
+    def holding(self) -> Holding | None:
+        """The item the worker is at, if it is one it holds unreported."""
         phase, index, job_id = self.status[:]
         index = int(index)
         for sent in self.inflight:
             if sent.chunk.job.id == job_id and sent.next_index <= index < sent.end:
-                return sent, index, phase
+                return Holding(sent, index, phase)
         return None
 
 

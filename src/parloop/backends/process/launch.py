@@ -16,8 +16,8 @@ uses, so parloop's preloads never reach the user's pools. Beyond leaving
 the main module alone:
 
 * It imports, once, the *libraries* the main module had imported (NumPy,
-  pandas, ...), so that each worker finds them loaded (~0.15 s per worker
-  for NumPy on the 2-core test machine, paid once in the server).
+  pandas, ...), so that each worker finds them loaded rather than importing
+  them itself (NumPy's import is the cost of the README's cold NumPy cells).
 * Ctrl-C never reaches it. It is spawned with SIGINT blocked, and the first
   module it imports (``_server_init``) ignores SIGINT before unblocking it,
   so a Ctrl-C while it starts prints no traceback of its own
@@ -41,6 +41,8 @@ from multiprocessing import popen_forkserver, popen_spawn_posix, process
 from multiprocessing import spawn as _spawn
 from multiprocessing import util as _util
 from typing import Any
+
+from ... import _costs
 
 # multiprocessing's internals, which typeshed does not describe
 context: Any = _context
@@ -104,6 +106,7 @@ def ensure_running() -> None:
             _server.ensure_running()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _costs.note_fork_server(True)
 
 
 def _alive() -> bool:
@@ -117,6 +120,7 @@ def _alive() -> bool:
             return True
     except ChildProcessError:
         pass
+    _costs.note_fork_server(False)
     if _server._forkserver_alive_fd is not None:
         os.close(_server._forkserver_alive_fd)
     _server._forkserver_alive_fd = _server._forkserver_address = _server._forkserver_pid = None

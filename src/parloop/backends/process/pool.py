@@ -205,7 +205,7 @@ class ProcessBackend(Backend):
             if self._outcomes:
                 ready, self._outcomes = self._outcomes, []
                 return ready
-            timeout = self._deadline_wait(timeout)
+            timeout = self._until_deadline(timeout)
             handles = {w.conn: w for w in self._pool} | {w.process.sentinel: w for w in self._pool}
         try:
             woken = wait_for(list(handles), timeout)
@@ -277,14 +277,14 @@ class ProcessBackend(Backend):
         at = worker.holding()
         if at is not None and code == IDLE_EXIT:
             at = None  # it left on its own, between items
-        if at is not None and at[2] < 0 and not at[0].split:
+        if at is not None and at.unpickling and not at.sent.split:
             at = None  # it died unpickling a whole chunk: resend it item by item to learn which
         for sent in worker.inflight:
             if sent.cancelled_at is not None:
                 continue
             chunk, split = sent.chunk, sent.split or at is None
-            if at is not None and at[0] is sent:
-                index = at[1]
+            if at is not None and at.sent is sent:
+                index = at.item_index
                 error = cause or WorkerCrashedError(_children.crash_message(worker, code, index, chunk),
                                                     pid=worker.pid, exitcode=code, indices=(index,))
                 self._outcomes.append(failed_outcome(chunk, index, error, index + 1))
@@ -304,7 +304,7 @@ class ProcessBackend(Backend):
         worker = min(self._pool, key=lambda w: len(w.inflight))
         self._assign(worker, part, split)
 
-    def _deadline_wait(self, timeout: float | None) -> float | None:
+    def _until_deadline(self, timeout: float | None) -> float | None:
         now = time.monotonic()
         for worker in self._pool:
             if not worker.inflight:
@@ -313,8 +313,8 @@ class ProcessBackend(Backend):
             if worker.inflight[0].cancelled_at is not None:
                 ends.append(worker.inflight[0].cancelled_at + CANCEL_GRACE)
             at = worker.holding()
-            if at is not None and at[2] > 0 and at[0].chunk.job.timeout is not None:
-                ends.append(at[2] + at[0].chunk.job.timeout)
+            if at is not None and at.running_since and at.sent.chunk.job.timeout is not None:
+                ends.append(at.running_since + at.sent.chunk.job.timeout)
             for end in ends:
                 left = max(0.0, end - now)
                 timeout = left if timeout is None else min(timeout, left)
@@ -330,9 +330,9 @@ class ProcessBackend(Backend):
                 self._replace(worker)  # busy with a cancelled item: free it for new work
                 continue
             at = worker.holding()
-            if at is None or at[2] <= 0:
+            if at is None or at.running_since is None:
                 continue
-            sent, index, started = at
+            sent, index, started = at.sent, at.item_index, at.running_since
             timeout = sent.chunk.job.timeout
             if timeout is not None and now - started > timeout:
                 item = sent.chunk.items[index - sent.chunk.start]

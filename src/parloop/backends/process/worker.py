@@ -23,7 +23,7 @@ import threading
 from collections.abc import MutableSequence
 from typing import Any
 
-from ... import _state
+from ... import _role
 from .._runner import IDLE, PREPARING, report_failure, run_items
 from .._wire import (
     Cancel,
@@ -135,7 +135,7 @@ def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: 
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the caller at start
     # A call made here runs serially, and ignores a block this process
     # inherited from its caller by fork (its pool is the caller's).
-    _state.IN_WORKER = True
+    _role.IN_WORKER = True
     _name_process("parloop-worker")
     _limit_native_threads(threads)
 
