@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextvars
 import functools
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from types import TracebackType
 from typing import Any, Concatenate, Generic, TypeVar, cast, overload
@@ -77,8 +78,8 @@ class _Calls:
         """``async for r in f.aiter(items)``: results as they arrive."""
         items = _calls.check_items(items, self.__wrapped__.__name__)
         batches = _calls.start(self.__wrapped__, items, args, kwargs, self._state.explicit,
-                               self._state.record)
-        async for result in _calls.run_async(batches):
+                               self._state.record, abort=(abort := threading.Event()))
+        async for result in _calls.run_async(batches, abort):
             yield result
 
 

@@ -45,12 +45,13 @@ def _settings(explicit: dict[str, Any], block: _scope.Block | None
 
 def start(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
           kwargs: dict[str, Any], explicit: dict[str, Any], record: Callable[[Plan], None],
-          block: _scope.Block | None = None, sink: list[Any] | None = None
-          ) -> Generator[list[Any], None, None]:
-    """The engine's batches for one call (see ``_dispatch.run``)."""
+          block: _scope.Block | None = None, sink: list[Any] | None = None,
+          abort: threading.Event | None = None) -> Generator[list[Any], None, None]:
+    """The engine's batches for one call (see ``_dispatch.run``); ``abort``,
+    set from another thread, cancels it while it waits for results."""
     options, block = _settings(explicit, block)
     return _dispatch.run(fn, items, args, kwargs, options, block, record,
-                         eager_errors=sink is not None, sink=sink)
+                         eager_errors=sink is not None, sink=sink, abort=abort)
 
 
 def run_list(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
@@ -73,15 +74,15 @@ def run_iter(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...]
         batches.close()  # break / close() / garbage collection cancel what is pending
 
 
-async def run_async(batches: Generator[list[Any], None, None]) -> AsyncIterator[Any]:
+async def run_async(batches: Generator[list[Any], None, None], stop: threading.Event
+                    ) -> AsyncIterator[Any]:
     """Drive a batch generator from a thread, handing results to the event
-    loop. Cancelling the awaiting task closes the generator, which cancels
-    its items."""
+    loop. Cancelling the awaiting task sets ``stop`` (the call's abort
+    event), which cancels its items even while the thread waits for them."""
     import asyncio  # here: importing asyncio costs ~25 ms that sync users never need
 
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-    stop = threading.Event()
     context = contextvars.copy_context()
 
     def post(kind: str, value: Any) -> None:

@@ -35,6 +35,7 @@ cancel path; Ctrl-C also kills the pool's workers.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
@@ -61,11 +62,13 @@ logger = logging.getLogger("parloop")
 
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
-        record: Callable[[Plan], None], eager_errors: bool = True, sink: list[Any] | None = None
-        ) -> Generator[list[Any], None, None]:
+        record: Callable[[Plan], None], eager_errors: bool = True, sink: list[Any] | None = None,
+        abort: threading.Event | None = None) -> Generator[list[Any], None, None]:
     """Run ``fn`` over ``items``; yield lists of results, or with ``sink``
-    (a list call), add them to it. ``record`` receives the plan at the end."""
+    (a list call), add them to it. ``record`` receives the plan at the end.
+    ``abort`` (set by another thread) cancels the call as it waits."""
     call = _Call(fn, items, args, kwargs, options, block, eager_errors, sink)
+    call.abort = abort
     progress = make_progress(options.progress, call.source.total,
                              getattr(fn, "__name__", "parloop"))
     try:
@@ -103,6 +106,7 @@ class _Call:
                                responsive, sink)
         self.plan = Plan("serial", 1, None)
         self.pool: _planner.PoolCost | None = None  # once the planner has asked
+        self.abort: threading.Event | None = None
         self._workers: int | None = None
 
     @property
@@ -128,13 +132,17 @@ class _Call:
             yield from self.loop.run()
             return
         plan.workers = self.workers
+        recycle = self.options.max_items_per_worker
+        if recycle is not None and plan.backend == "process":
+            why = plan.why
+            plan.reason = lambda: f"{why}; a worker is replaced after max_items_per_worker={recycle}"
         lease = yield from self._lease()
         if lease is None:
             return  # the input ran out while the pool was starting
         sizer = _planner.ChunkSizer(self.workers, self.options.chunksize, plan.per_item)
         plan.chunksize = sizer.next(self.source.remaining)
         flow = Flow(self.job, self.source, self.policy, self.stats, lease.backend, sizer,
-                    self.workers, self.options.ordered)
+                    self.workers, self.options.ordered, self.abort)
         broken = False
         try:
             yield from flow.run()

@@ -33,6 +33,7 @@ class CommonOptions(TypedDict, total=False):
     retry_on: type[BaseException] | tuple[type[BaseException], ...]
     client: Any
     address: str | None
+    max_items_per_worker: int | None
 
 
 @overload

@@ -4,6 +4,7 @@ a backend, retries, and results put back in input order."""
 from __future__ import annotations
 
 import bisect
+import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -18,6 +19,7 @@ __all__ = ["Flow"]
 
 
 _HOLE = object()  # a result slot waiting for its item's retry
+ABORT_CHECK_SECONDS = 0.05
 
 
 class Flow:
@@ -27,7 +29,8 @@ class Flow:
     as they come, ``ordered=False``)."""
 
     def __init__(self, job: Job, source: Input, policy: ErrorPolicy, stats: RunStats,
-                 backend: Backend, sizer: ChunkSizer, workers: int, ordered: bool) -> None:
+                 backend: Backend, sizer: ChunkSizer, workers: int, ordered: bool,
+                 abort: threading.Event | None = None) -> None:
         self.job = job
         self.source = source
         self.policy = policy
@@ -36,6 +39,7 @@ class Flow:
         self.sizer = sizer
         self.window = 2 * workers
         self.ordered = ordered
+        self.abort = abort  # set by another thread: cancel the call
         self.in_flight = 0
         self.exhausted = False
         self.input_error: BaseException | None = None
@@ -53,12 +57,16 @@ class Flow:
         backend = self.backend
         backend.start_job(self.job)
         try:
+            # With an abort event, wait in slices and look at it between them.
+            timeout = None if self.abort is None else ABORT_CHECK_SECONDS
             while True:
                 self.fill()
                 if self.in_flight == 0:
                     break
-                for outcome in backend.wait(self.job, None):
+                for outcome in backend.wait(self.job, timeout):
                     yield from self.receive(outcome)
+                if self.abort is not None and self.abort.is_set():
+                    raise GeneratorExit  # as a closed iterator would: cancel, quietly
             if self.input_error is not None:
                 raise self.input_error
         except BaseException:

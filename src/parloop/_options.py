@@ -38,6 +38,7 @@ class Options:
     retry_on: tuple[type[BaseException], ...] = ()
     client: Any = None
     address: str | None = None
+    max_items_per_worker: int | None = None
 
     def worker_count(self) -> int:
         """``workers`` as a positive count of processes or threads."""
@@ -134,6 +135,12 @@ def _check(name: str, value: Any) -> None:
         if not isinstance(value, tuple) or not all(
                 isinstance(t, type) and issubclass(t, BaseException) for t in value):
             raise wrong("an exception class or a tuple of them")
+    elif name == "max_items_per_worker":
+        if value is not None and not _is_int(value):
+            raise wrong("a positive int or None")
+        if value is not None and value < 1:
+            raise ValueError(f"parallel_for option 'max_items_per_worker' must be >= 1, "
+                             f"got {value}")
     elif name == "address" and value is not None and not isinstance(value, str):
         raise wrong("a string such as 'tcp://host:8786' or None")
 

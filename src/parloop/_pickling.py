@@ -20,9 +20,11 @@ value), so a worker never calls the wrapper and never dispatches again.
 
 from __future__ import annotations
 
+import copyreg
 import importlib
 import inspect
 import io
+import mmap
 import pickle
 import sys
 import types
@@ -33,7 +35,8 @@ import cloudpickle
 
 from .errors import UnpicklableError, short_repr
 
-__all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads", "mentions_main"]
+__all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads", "mentions_main", "open_memmap",
+           "plain_dumps"]
 
 PROTOCOL = 5
 loads = pickle.loads
@@ -115,8 +118,93 @@ def mentions_main(blob: Any) -> bool:
     return isinstance(blob, (bytes, bytearray)) and b"__main__" in blob
 
 
+# -- NumPy memmaps travel as their file ---------------------------------------------------
+#
+# A memmap pickled as numpy pickles it becomes a private copy in the worker,
+# and whatever the worker writes into it is lost without a word. parloop
+# sends one (or a view of one) as its file, offset, dtype, shape and
+# strides instead, and the worker maps the same file: its writes land in the
+# file, and so in the caller's memmap, as joblib's memmapping does. A
+# writable memmap that has no file name cannot be shared, and says so.
+
+
+def _mapped_owner(array: Any, numpy: Any) -> Any:
+    """The np.memmap whose mapping ``array`` is, or a view of; None if none."""
+    while array is not None:
+        if isinstance(array, numpy.memmap) and getattr(array, "_mmap", None) is not None:
+            return array
+        array = getattr(array, "base", None)
+    return None
+
+
+def _reduce_mapped(array: Any) -> Any:
+    numpy = sys.modules["numpy"]
+    owner = _mapped_owner(array, numpy)
+    if owner is None:
+        return array.__reduce_ex__(PROTOCOL)  # numpy's own: the data, out of band
+    if owner.filename is None:
+        if owner.mode in ("r+", "w+"):
+            raise UnpicklableError(
+                "a writable np.memmap without a file name cannot be shared with a worker, "
+                "and a copy would lose its writes: map a named file, or use backend='thread'")
+        return numpy.asarray(array).copy().__reduce_ex__(PROTOCOL)  # read-only: a copy is the same
+    start = numpy.frombuffer(owner._mmap, dtype=numpy.uint8).__array_interface__["data"][0]
+    offset = owner.offset - owner.offset % mmap.ALLOCATIONGRANULARITY \
+        + array.__array_interface__["data"][0] - start
+    mode = "r+" if owner.mode == "w+" else owner.mode  # never truncate the caller's file
+    return open_memmap, (owner.filename, array.dtype, mode, offset, array.shape, array.strides)
+
+
+def open_memmap(path: str, dtype: Any, mode: str, offset: int, shape: tuple[int, ...],
+                strides: tuple[int, ...]) -> Any:
+    """Worker side: the array an ``_reduce_mapped`` stands for, mapped from its file."""
+    numpy: Any = importlib.import_module("numpy")
+
+    if 0 in shape:
+        return numpy.empty(shape, dtype)
+    for order in ("C", "F"):
+        probe = numpy.empty((1,) * len(shape), dtype)
+        natural = numpy.lib.stride_tricks.as_strided(probe, shape, strides).flags
+        if (order == "C" and natural.c_contiguous) or (order == "F" and natural.f_contiguous):
+            return numpy.memmap(path, dtype=dtype, mode=mode, offset=offset, shape=shape,
+                                order=order)
+    itemsize = numpy.dtype(dtype).itemsize
+    low = sum(min(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True))
+    high = sum(max(0, (n - 1) * s) for n, s in zip(shape, strides, strict=True)) + itemsize
+    span = numpy.memmap(path, dtype=numpy.uint8, mode=mode, offset=offset + low,
+                        shape=(high - low,))
+    return numpy.ndarray(shape, dtype, buffer=span, offset=-low, strides=strides)
+
+
+_memmap_tables: dict[int, dict[Any, Any]] = {}
+
+
+def plain_dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None
+                ) -> bytes:
+    """``pickle.dumps`` at protocol 5 (the C pickler), except that NumPy
+    memmaps, once NumPy is imported, travel as their file (see above)."""
+    numpy = sys.modules.get("numpy")
+    memmap = getattr(numpy, "memmap", None)
+    if memmap is None:
+        return pickle.dumps(value, PROTOCOL, buffer_callback=buffer_callback)
+    table = _memmap_tables.get(id(memmap))
+    if table is None:
+        table = _memmap_tables[id(memmap)] = {**copyreg.dispatch_table,
+                                               memmap: _reduce_mapped,
+                                               numpy.ndarray: _reduce_mapped}  # type: ignore[union-attr]
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, PROTOCOL, buffer_callback=buffer_callback)
+    pickler.dispatch_table = table
+    pickler.dump(value)
+    return buffer.getvalue()
+
+
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     def reducer_override(self, obj: Any) -> Any:
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(obj, getattr(numpy, "ndarray", ())) \
+                and _mapped_owner(obj, numpy) is not None:
+            return _reduce_mapped(obj)
         if is_wrapper(obj):
             ref = _reference(obj.__wrapped__)
             if ref is not None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -54,7 +55,8 @@ class Pool:
                     **kwargs: Any) -> AsyncIterator[Any]:
         """``async for`` over results as they arrive."""
         target, explicit = self._target(fn)
+        abort = threading.Event()
         batches = _calls.start(target, _calls.check_items(items, "pool.aiter"), args, kwargs,
-                               explicit, self._record, self._block)
-        async for result in _calls.run_async(batches):
+                               explicit, self._record, self._block, abort=abort)
+        async for result in _calls.run_async(batches, abort):
             yield result

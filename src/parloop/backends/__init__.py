@@ -47,7 +47,7 @@ REGISTRY: dict[str, BackendInfo] = {info.name: info for info in (
     # start_method=None picks fork or forkserver per worker as it starts
     # them, so the default is one key, not two.
     BackendInfo("process", "parloop.backends.process", keeps_warm=True,
-                keyed_by=("start_method",)),
+                keyed_by=("start_method", "max_items_per_worker")),
     BackendInfo("thread", "parloop.backends.thread"),
     BackendInfo("dask", "parloop.backends.cluster.dask", "distributed", "dask",
                 keeps_warm=True, keyed_by=("client", "address")),

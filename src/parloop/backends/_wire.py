@@ -11,11 +11,13 @@ caller -> worker::
     RunChunk(job_id, start, size,        items start .. start + size - 1: one
              items, split)               pickle, or (split) one pickle per item
     Cancel(job_id) / Forget(job_id) / Stop()
+    Revoke(job_id, start)                give back this chunk if it has not started
 
 worker -> caller::
 
     Ready(pid)                           the worker is up
     Resend(job_id, start)                the chunk did not unpickle as a whole
+    Revoked(job_id, start, given_back)   the answer to Revoke
     Done(job_id, start, values, errors,  results of consecutive items (a chunk
          busy, final, slowest, wrapped)  reports in parts every 50 ms)
 
@@ -27,21 +29,18 @@ exception with the worker's traceback as its ``__cause__``.
 from __future__ import annotations
 
 import copy
-import functools
 import pickle
 import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
-
-import cloudpickle
 
 from .. import _pickling
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
 from .base import Chunk, Outcome
 
 __all__ = ["Cancel", "Captured", "Done", "Forget", "JobMessage", "JobSpec", "Pickled", "Ready",
-           "Resend", "RunChunk", "SpecCache", "Stop", "capture", "decode", "dump_value",
-           "failed_outcome", "pack_items", "unpickle_error"]
+           "Resend", "Revoke", "Revoked", "RunChunk", "SpecCache", "Stop", "capture", "decode",
+           "dump_value", "failed_outcome", "pack_items", "unpickle_error"]
 
 PROTOCOL = 5
 
@@ -81,6 +80,17 @@ class Forget(NamedTuple):
 
 class Stop(NamedTuple):
     pass
+
+
+class Revoke(NamedTuple):
+    job_id: int
+    start: int
+
+
+class Revoked(NamedTuple):
+    job_id: int
+    start: int
+    given_back: bool  # False: it had started already, and runs there
 
 
 class Ready(NamedTuple):
@@ -146,12 +156,12 @@ def dump_value(value: Any) -> bytes:
     """Items and results: the C pickler, falling back to cloudpickle for
     values plain pickle refuses (a lambda returned as a result)."""
     try:
-        return pickle.dumps(value, PROTOCOL)
+        return _pickling.plain_dumps(value)
     except Exception:
-        return cloudpickle.dumps(value, PROTOCOL)  # type: ignore[no-any-return]
+        return _pickling.dumps(value)
 
 
-cloud_dumps = functools.partial(cloudpickle.dumps, protocol=PROTOCOL)
+cloud_dumps = _pickling.dumps  # by value what plain pickle refuses, memmaps as their file
 
 
 def capture(exc: BaseException) -> Captured:

@@ -63,6 +63,9 @@ class Settings(Protocol):
     @property
     def address(self) -> str | None: ...
 
+    @property
+    def max_items_per_worker(self) -> int | None: ...
+
 
 @dataclass(eq=False)
 class Job:
@@ -97,6 +100,15 @@ class Chunk:
     job: Job
     start: int
     items: list[Any]
+
+    @property
+    def end(self) -> int:
+        return self.start + len(self.items)
+
+    def split(self, count: int) -> tuple[Chunk, Chunk]:
+        """The first ``count`` items, and the rest."""
+        return (Chunk(self.job, self.start, self.items[:count]),
+                Chunk(self.job, self.start + count, self.items[count:]))
 
 
 @dataclass(eq=False)

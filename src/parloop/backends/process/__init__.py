@@ -1,27 +1,38 @@
-"""The process backend: parloop's own process pool (``pool``), the worker
-processes' side (``worker``), starting and stopping them (``children``,
-``launch``, ``server_init``), and big buffers through shared memory
-(``shm``). See ``pool`` for how a chunk travels."""
+"""The process backend: parloop's own process pool (``pool``: the policy;
+``roster``: its worker processes; ``deadlines``: when one must be stopped),
+the worker processes' side (``worker``), starting and stopping them
+(``children``, ``launch``, ``server_init``), the messages between them
+(``pipe``), and big buffers through shared memory (``shm``). See ``pool``
+for how a chunk travels."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
+from ... import _costs
 from ..._cpu import default_start_method as default_start_method
+from ..base import Settings
 
 __all__ = ["create", "default_start_method", "prepare"]
 
 
-def create(workers: int, options: Any) -> Any:
-    """A new process pool of ``workers`` workers (see ``pool.ProcessBackend``)."""
-    from .pool import create as create_pool
+def create(workers: int, options: Settings) -> Any:
+    """A pool of ``workers`` processes (``pool.ProcessBackend``); the time it
+    took to start is this machine's next estimate (see ``parloop._costs``)."""
+    from .pool import ProcessBackend
 
-    return create_pool(workers, options)
+    key = _costs.startup_key(options.start_method or default_start_method())
+    started = time.perf_counter()
+    backend = ProcessBackend(workers, options.start_method, options.max_items_per_worker)
+    _costs.record_startup(key, workers, time.perf_counter() - started)
+    return backend
 
 
-def prepare(options: Any) -> None:
-    """What must happen in the caller's own thread before a pool starts in
-    another one (see ``pool.prepare``)."""
-    from .pool import prepare as prepare_pool
+def prepare(options: Settings) -> None:
+    """Before a pool starts in a background thread: a fork server must be
+    started from the caller's own thread (see ``launch.ensure_running``)."""
+    if (options.start_method or default_start_method()) == "forkserver":
+        from .launch import ensure_running
 
-    prepare_pool(options)
+        ensure_running()

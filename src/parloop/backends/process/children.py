@@ -30,6 +30,7 @@ class Sent:
     next_index: int  # items before this one have been reported
     split: bool  # items pickled one by one (the worker unpickles each just before running it)
     by_value: bool = False  # classes of __main__ among the items were sent by value
+    revoking: bool = False  # asked back (Revoke), no answer yet
     cancelled_at: float | None = None
 
     @property
@@ -63,6 +64,8 @@ class Worker:
     status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker
     forked: bool = False  # a fork of this process: it has this process's __main__
     ready: bool = False
+    assigned: int = 0  # items given to it so far (for max_items_per_worker)
+    server: int | None = None  # the fork server it came from, which reports its exit
     jobs: set[int] = field(default_factory=set)
     inflight: deque[Sent] = field(default_factory=deque)
 
@@ -99,7 +102,8 @@ def start(method: str, threads: int, idle_timeout: float) -> Worker:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
-    return Worker(process, process.pid, ours, status, forked=method == "fork")
+    server = _launch.server_pid() if method == "forkserver" else None
+    return Worker(process, process.pid, ours, status, forked=method == "fork", server=server)
 
 
 def stop(workers: list[Worker]) -> None:
@@ -125,6 +129,12 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
         except ValueError:
             how = f"signal {-code}"
     item = chunk.items[index - chunk.start]
+    if worker.server is not None and _launch.server_pid() != worker.server:
+        # The server that forked it reports its exit; with the server gone,
+        # the worker is lost to this pool (it ends when its pipe closes).
+        return (f"parloop's fork server (pid {worker.server}) died, and with it the pool's "
+                f"hold on worker pid {worker.pid}, which held item #{index} "
+                f"({short_repr(item)}). A new server and worker have replaced them")
     return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
             f"({short_repr(item)}). A new worker has replaced it")
 

@@ -28,6 +28,7 @@ the main module alone:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -88,10 +89,33 @@ def libraries_of_main() -> list[str]:
     return found
 
 
+def revive_tracker() -> None:
+    """multiprocessing's resource tracker, which forkserver and spawn
+    children are handed, may have been killed (the OOM killer, a stray
+    ``kill``): forget the dead one, so that the next use starts another
+    without the warning multiprocessing prints then. parloop's workers keep
+    no resources in it; the warning would only alarm."""
+    from multiprocessing import resource_tracker
+
+    tracker: Any = resource_tracker._resource_tracker
+    try:
+        with tracker._lock:
+            if tracker._fd is None or tracker._check_alive():
+                return
+            os.close(tracker._fd)
+            with contextlib.suppress(ChildProcessError):
+                if tracker._pid is not None:
+                    os.waitpid(tracker._pid, 0)
+            tracker._fd = tracker._pid = None
+    except AttributeError:  # its insides changed: let it relaunch (and warn) itself
+        pass
+
+
 def ensure_running() -> None:
     """Start the server if it is not running (or has died). Called from the
     caller's own thread before a pool starts in another one: the spawn
     blocks SIGINT for a moment, which only the calling thread's mask sees."""
+    revive_tracker()
     with _server_lock:
         if _alive():
             return
@@ -179,6 +203,7 @@ class _SpawnPopen(popen_spawn_posix.Popen):
     def _launch(self, process_obj: Any) -> None:
         from multiprocessing import resource_tracker
 
+        revive_tracker()
         tracker: int = resource_tracker.getfd()  # type: ignore[assignment]
         self._fds.append(tracker)
         data = _payload(self, process_obj)

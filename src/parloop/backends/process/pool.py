@@ -2,47 +2,56 @@
 
 How a chunk travels::
 
-    caller (dispatch engine)                     worker process i
-    ------------------------                     ----------------
-    submit(chunk) ---- "job" (once per worker) --> receiver thread --> inbox
-                  ---- "chunk" (pickled items) --> receiver thread --> inbox
-                                                   main thread: run items,
-                                                   write phase, index, job
-                                                   into status[i] per item
-    _poll() <-------- "done" (partial / final) --- main thread (flush every 50 ms)
+    caller (dispatch engine)                       worker process i
+    ------------------------                       ----------------
+    submit(chunk) -- JobMessage (once per worker) --> receiver thread --> inbox
+                  -- RunChunk (pickled items) ------> receiver thread --> inbox
+                                                      main thread: run items
+                                                      (_runner), writing the
+                                                      item's index into status[i]
+    _poll() <------- Done (partial / final) --------- main thread (every 50 ms)
        |  also waits on every worker's sentinel: a death is seen at once
        |  and reads status[i] to name the item that was running
        v
     Outcome(job, start, values, errors) --> engine
 
 Big buffers (NumPy arrays, big pickles) travel beside their message through
-anonymous shared memory, not through the pipe (see ``_shm``).
+anonymous shared memory, not through the pipe (see ``shm``).
 
 One pipe per worker, so the caller always knows which worker holds which
 items: a crash or a timeout fails only the item that was running. Items the
 dead worker had finished but not yet reported (the last < 50 ms), and items it
 had not started, go to another worker. A replacement worker starts at once.
-No helper threads run in the caller, so forking stays safe and Ctrl-C lands
-in the caller's wait.
 
-A worker leaves when its pipe reaches EOF, that is when the caller is gone,
-even by SIGKILL. Under fork every child inherits a copy of the caller's pipe
-ends, so an at-fork hook closes those copies in each child; otherwise a
-worker would keep its own pipe open and outlive a killed caller (see
-``_children``, which starts and stops the worker processes).
+Each worker holds at most two chunks: one running, one queued behind it, so
+that it never waits for the caller between chunks. A queued chunk does not
+stay behind a long item while another worker idles: the idle one's turn
+comes, the busy one is asked to give the chunk back (Revoke), and if it has
+not started it, it goes to the idle one. A cancel reaches the workers at
+once and they stop the call's running items themselves (see ``worker``);
+one still on such an item CANCEL_GRACE later (a C call that never returns to
+Python) is killed by a timer thread here, which only kills: the worker is
+replaced on the pool's next use, so no fork ever happens from that thread.
+
+No helper threads run in the caller, so forking stays safe and Ctrl-C lands
+in the caller's wait. A worker leaves when its pipe reaches EOF, that is when
+the caller is gone, even by SIGKILL. Under fork every child inherits a copy of
+the caller's pipe ends, so an at-fork hook closes those copies in each child;
+otherwise a worker would keep its own pipe open and outlive a killed caller
+(see ``children``, which starts and stops the worker processes).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
 import weakref
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
-from ... import _costs, _cpu, _pickling
-from ..._cpu import default_start_method
-from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
+from ... import _cpu, _pickling
+from ...errors import WorkerCrashedError
 from .._wire import (
     Cancel,
     Done,
@@ -51,6 +60,8 @@ from .._wire import (
     JobSpec,
     Ready,
     Resend,
+    Revoke,
+    Revoked,
     RunChunk,
     Stop,
     decode,
@@ -58,48 +69,38 @@ from .._wire import (
     pack_item,
     pack_items,
 )
-from ..base import Backend, Chunk, Job, Outcome, Settings
+from ..base import Backend, Chunk, Job, Outcome
 from . import children as _children
-from . import launch as _launch
-from . import pipe, shm
+from . import deadlines, pipe, shm
 from .children import Sent, Worker
-from .worker import IDLE_EXIT
+from .roster import Roster
+from .worker import CANCEL_GRACE, IDLE_EXIT
 
-__all__ = ["ProcessBackend", "default_start_method"]
+__all__ = ["ProcessBackend"]
 
 IDLE_TIMEOUT = float(os.environ.get("PARLOOP_IDLE_TIMEOUT", "300"))
 FLUSH_SECONDS = 0.05
-CANCEL_GRACE = 0.5  # a cancelled item may finish this long before its worker is replaced
-STOP_GRACE = 2.0  # an idle worker asked to stop may take this long before it is killed
-STARTUP_FAILURES = 3  # workers dying before "ready" in a row: the pool is broken
+STOP_CHECK = 0.005  # seconds a cancel waits to see running items stop
 
 
 class ProcessBackend(Backend):
     name = "process"
 
-    def __init__(self, workers: int, start_method: str | None = None) -> None:
+    def __init__(self, workers: int, start_method: str | None = None,
+                 max_items: int | None = None) -> None:
         super().__init__(workers)
-        self._explicit_method = start_method
-        self.start_method = start_method or default_start_method()
-        self._threads = max(1, _cpu.cpu_count() // workers)
-        self._startup_failures = 0
-        self._broken: str | None = None
         self._outcomes: list[Outcome] = []
+        self._unassigned: list[Chunk] = []  # waiting for a worker that may take them
         # each job pickled once, big buffers out of band (see _assign)
         self._payloads: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
         self._main_by_value: set[int] = set()  # jobs whose items go by value to every worker
-        self._pool: list[Worker] = []
+        self._roster = Roster(workers, start_method, max(1, _cpu.cpu_count() // workers),
+                              IDLE_TIMEOUT, max_items)
         self._inherited = False
         _children.track(self)
-        self._pool = [self._spawn() for _ in range(workers)]
-
-    # -- workers ---------------------------------------------------------------
-
-    def _spawn(self) -> Worker:
-        # Re-decided per worker: a replacement forked into a caller that has
-        # started threads since would risk a deadlock.
-        method = self._explicit_method or default_start_method()
-        return _children.start(method, self._threads, IDLE_TIMEOUT)
+        self._roster.refill()
+        if not self._roster.workers:
+            raise WorkerCrashedError(self._roster.last_failure)
 
     def _send(self, worker: Worker, message: Any) -> bool:
         try:
@@ -115,13 +116,29 @@ class ProcessBackend(Backend):
             if self._inherited:  # this pool belongs to the process we were forked from
                 self._inherited = False
                 _children.track(self)
-                self._pool = [self._spawn() for _ in range(self.workers)]
-            if self._broken:
+            self._look_after()
+            self._place(chunk)
+
+    def _place(self, chunk: Chunk, split: bool = False) -> None:
+        """Give ``chunk`` to a worker that may take it, in parts if a worker
+        may take only so many more items; what none may take now waits."""
+        while chunk.items:
+            hopeless = self._roster.hopeless()
+            if hopeless is not None:
                 self._outcomes.append(failed_outcome(chunk, chunk.start, WorkerCrashedError(
-                    self._broken, indices=tuple(range(chunk.start, chunk.start + len(chunk.items))))))
+                    hopeless, indices=tuple(range(chunk.start, chunk.end)))))
                 return
-            worker = min(self._pool, key=lambda w: (len(w.inflight), not w.ready))
-            self._assign(worker, chunk)
+            worker = self._roster.pick()
+            if worker is None:
+                self._unassigned.append(chunk)
+                return
+            room = self._roster.capacity(worker)
+            if room is not None and room < len(chunk.items):
+                part, chunk = chunk.split(room)
+                self._assign(worker, part, split)
+                continue
+            self._assign(worker, chunk, split)
+            return
 
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
@@ -149,51 +166,83 @@ class ProcessBackend(Backend):
             items = [pack_item(chunk.start + i, x, by_value, shm.pack)
                      for i, x in enumerate(chunk.items)]
         worker.inflight.append(Sent(chunk, chunk.start, split, by_value))
+        worker.assigned += len(chunk.items)
         self._send(worker, RunChunk(job.id, chunk.start, len(chunk.items), items, split))
 
     def started(self) -> bool:
         """A worker has said it is ready, or one has exited (a failed start:
         waiting on the pool then reports it)."""
         with self._lock:
-            for worker in self._pool:
+            for worker in self._roster.workers:
                 if not worker.ready and worker.conn.poll():
                     self._drain(worker)
-            return self._broken is not None or any(
-                worker.ready or worker.process.exitcode is not None for worker in self._pool)
+            return self._roster.broken is not None or any(
+                w.ready or w.process.exitcode is not None for w in self._roster.workers)
 
     def cancel(self, job: Job) -> None:
         with self._lock:
             now = time.monotonic()
-            for worker in self._pool:
+            for worker in self._roster.workers:
                 held = [s for s in worker.inflight if s.chunk.job is job]
                 for sent in held:
                     sent.cancelled_at = now
                 if held:
-                    self._send(worker, Cancel(job.id))
+                    self._send(worker, Cancel(job.id))  # it stops the running item itself
             self._outcomes = [o for o in self._outcomes if o.job_id != job.id]
+            self._unassigned = [c for c in self._unassigned if c.job is not job]
+            stuck = self._stopping(job, now + STOP_CHECK)
+        if stuck:
+            timer = threading.Timer(CANCEL_GRACE - STOP_CHECK, self._kill_stuck, (job,))
+            timer.name, timer.daemon = "parloop-cancel", True
+            timer.start()
+
+    def _stopping(self, job: Job, deadline: float) -> bool:
+        """Wait until ``deadline`` for every worker to report the end of its
+        chunks of ``job`` (an item in Python code stops within microseconds
+        of the cancel); whether some did not. A worker may have started one
+        just before the cancel reached it, in a C call that holds the GIL:
+        a timer then kills its worker at CANCEL_GRACE, whether or not anyone
+        polls meanwhile."""
+        while True:
+            holders = [w for w in self._roster.workers
+                       if any(sent.chunk.job is job for sent in w.inflight)]
+            left = deadline - time.monotonic()
+            if not holders or left <= 0:
+                return bool(holders)
+            try:
+                ready = wait_for([w.conn for w in holders], left)
+            except (OSError, ValueError):
+                return True
+            for worker in holders:
+                if worker.conn in ready:
+                    self._drain(worker)
+
+    def _kill_stuck(self, job: Job) -> None:
+        """(Timer thread.) Kill the workers still on a cancelled item of
+        ``job``; the pool's next use replaces them (no fork from here)."""
+        with self._lock:
+            for worker in self._roster.running(job):
+                worker.process.kill()
 
     def end_job(self, job: Job) -> None:
         with self._lock:
             super().end_job(job)
             self._main_by_value.discard(job.id)
-            for worker in self._pool:
+            for worker in self._roster.workers:
                 if job.id in worker.jobs:
                     worker.jobs.discard(job.id)
                     self._send(worker, Forget(job.id))
 
     def close(self, *, kill: bool = False) -> None:
-        """Idle workers are asked to stop; busy ones (their work was cancelled
-        or abandoned, since nobody waits for it any more) are killed."""
         with self._lock:
-            pool, self._pool = self._pool, []
             _children.live_pools.discard(self)
-            idle = [] if kill else [w for w in pool if not w.inflight]
-            for worker in idle:
-                self._send(worker, Stop())
-            deadline = time.monotonic() + STOP_GRACE
-            for worker in idle:
-                worker.process.join(max(0.0, deadline - time.monotonic()))
-            _children.stop(pool)
+            self._roster.close(None if kill else lambda worker: self._send(worker, Stop()))
+
+    def disown(self) -> None:
+        """In a forked child: these workers are the parent's. Drop them
+        without a word to them; a call made here starts a pool of its own."""
+        self._roster.workers, self._outcomes, self._inherited = [], [], True
+        self._reset_lock()  # another thread may have held it at the fork
 
     # -- collecting ----------------------------------------------------------------
 
@@ -202,11 +251,13 @@ class ProcessBackend(Backend):
         # meanwhile. Only the poller replaces workers, so the handles stay
         # valid, unless the pool closes (then the wait fails, or wakes).
         with self._lock:
+            self._look_after()
             if self._outcomes:
                 ready, self._outcomes = self._outcomes, []
                 return ready
-            timeout = self._until_deadline(timeout)
-            handles = {w.conn: w for w in self._pool} | {w.process.sentinel: w for w in self._pool}
+            self._steal()
+            timeout = deadlines.seconds_to_next(self._roster.workers, time.monotonic(), timeout)
+            handles = self._roster.handles()
         try:
             woken = wait_for(list(handles), timeout)
         except (OSError, ValueError):  # closed under us
@@ -214,15 +265,24 @@ class ProcessBackend(Backend):
         with self._lock:
             for handle in woken:
                 worker = handles[handle]
-                if handle is worker.conn and worker in self._pool:
+                if handle is worker.conn and worker in self._roster.workers:
                     self._drain(worker)
-            for worker in list(self._pool):
-                if worker.process.exitcode is not None:
-                    self._drain(worker)
-                    self._replace(worker)
+            self._look_after()
             self._enforce_deadlines()
             ready, self._outcomes = self._outcomes, []
             return ready
+
+    def _look_after(self) -> None:
+        """Replace dead workers and workers that have run their share, start
+        missing ones, and place what waited for a worker."""
+        for worker in self._roster.dead():
+            self._drain(worker)
+            self._replace(worker)
+        self._roster.spent()
+        self._roster.refill()
+        waiting, self._unassigned = self._unassigned, []
+        for chunk in waiting:
+            self._place(chunk)
 
     def _drain(self, worker: Worker) -> None:
         try:
@@ -246,9 +306,10 @@ class ProcessBackend(Backend):
                 worker.inflight.popleft()
             if sent.cancelled_at is None:
                 self._outcomes.append(decode(sent.chunk, message, worker.name, shm.loads))
+        elif kind is Revoked:
+            self._given_back(worker, message)
         elif kind is Ready:
-            worker.ready = True
-            self._startup_failures = 0
+            self._roster.started(worker)
         elif kind is Resend:
             sent = worker.inflight.popleft()
             # The worker runs the resent chunk after those already queued, so
@@ -258,23 +319,46 @@ class ProcessBackend(Backend):
                 by_value_first = not sent.by_value and not sent.split
                 if by_value_first:
                     self._main_by_value.add(sent.chunk.job.id)
+                worker.assigned -= len(sent.chunk.items)
                 self._assign(worker, sent.chunk, split=not by_value_first)
+
+    # -- balance ---------------------------------------------------------------------
+
+    def _steal(self) -> None:
+        """A worker with nothing to do asks a busy one for its queued chunk."""
+        idle = [w for w in self._roster.workers if w.ready and not w.inflight
+                and self._roster.capacity(w) != 0]
+        if not idle:
+            return
+        busy = sorted((w for w in self._roster.workers if len(w.inflight) > 1),
+                      key=lambda w: -len(w.inflight))
+        for worker in busy[:len(idle)]:
+            queued = worker.inflight[-1]
+            if not queued.revoking and queued.cancelled_at is None:
+                queued.revoking = True
+                self._send(worker, Revoke(queued.chunk.job.id, queued.chunk.start))
+
+    def _given_back(self, worker: Worker, message: Revoked) -> None:
+        sent = next((s for s in worker.inflight if s.revoking and s.chunk.start == message.start
+                     and s.chunk.job.id == message.job_id), None)
+        if sent is None:
+            return
+        sent.revoking = False
+        if message.given_back:
+            worker.inflight.remove(sent)
+            worker.assigned -= len(sent.chunk.items)
+            if sent.cancelled_at is None:
+                self._place(sent.chunk, sent.split)
 
     # -- faults ----------------------------------------------------------------------
 
     def _replace(self, worker: Worker, cause: BaseException | None = None) -> None:
         """``worker`` is dead or must die: fail the item it was at, send the
         rest of what it held to the others, start another worker."""
-        code = worker.process.exitcode if cause is None else None
-        _children.stop([worker])
-        self._pool[self._pool.index(worker)] = self._spawn()
-        if not worker.ready:
-            self._startup_failures += 1
-            if self._startup_failures >= STARTUP_FAILURES:
-                self._broken = (f"workers die before they start (exit code {code}); under the "
-                                "spawn and forkserver start methods the main module must be "
-                                "importable and guard its work with if __name__ == '__main__'")
         at = worker.holding()
+        code = self._roster.remove(worker)
+        code = code if cause is None else None
+        self._roster.refill()
         if at is not None and code == IDLE_EXIT:
             at = None  # it left on its own, between items
         if at is not None and at.unpickling and not at.sent.split:
@@ -285,8 +369,9 @@ class ProcessBackend(Backend):
             chunk, split = sent.chunk, sent.split or at is None
             if at is not None and at.sent is sent:
                 index = at.item_index
-                error = cause or WorkerCrashedError(_children.crash_message(worker, code, index, chunk),
-                                                    pid=worker.pid, exitcode=code, indices=(index,))
+                error = cause or WorkerCrashedError(
+                    _children.crash_message(worker, code, index, chunk),
+                    pid=worker.pid, exitcode=code, indices=(index,))
                 self._outcomes.append(failed_outcome(chunk, index, error, index + 1))
                 # Results it had finished but not sent died with it: run those again.
                 self._requeue(chunk, sent.next_index, index, split)
@@ -295,70 +380,10 @@ class ProcessBackend(Backend):
                 self._requeue(chunk, sent.next_index, sent.end, split)
 
     def _requeue(self, chunk: Chunk, start: int, end: int, split: bool) -> None:
-        if start >= end:
-            return
-        part = Chunk(chunk.job, start, chunk.items[start - chunk.start:end - chunk.start])
-        if self._broken:
-            self.submit(part)
-            return
-        worker = min(self._pool, key=lambda w: len(w.inflight))
-        self._assign(worker, part, split)
-
-    def _until_deadline(self, timeout: float | None) -> float | None:
-        now = time.monotonic()
-        for worker in self._pool:
-            if not worker.inflight:
-                continue
-            ends = []
-            if worker.inflight[0].cancelled_at is not None:
-                ends.append(worker.inflight[0].cancelled_at + CANCEL_GRACE)
-            at = worker.holding()
-            if at is not None and at.running_since and at.sent.chunk.job.timeout is not None:
-                ends.append(at.running_since + at.sent.chunk.job.timeout)
-            for end in ends:
-                left = max(0.0, end - now)
-                timeout = left if timeout is None else min(timeout, left)
-        return timeout
+        if start < end:
+            self._place(Chunk(chunk.job, start, chunk.items[start - chunk.start:end - chunk.start]),
+                        split)
 
     def _enforce_deadlines(self) -> None:
-        now = time.monotonic()
-        for worker in list(self._pool):
-            if not worker.inflight:
-                continue
-            cancelled_at = worker.inflight[0].cancelled_at
-            if cancelled_at is not None and now - cancelled_at > CANCEL_GRACE:
-                self._replace(worker)  # busy with a cancelled item: free it for new work
-                continue
-            at = worker.holding()
-            if at is None or at.running_since is None:
-                continue
-            sent, index, started = at.sent, at.item_index, at.running_since
-            timeout = sent.chunk.job.timeout
-            if timeout is not None and now - started > timeout:
-                item = sent.chunk.items[index - sent.chunk.start]
-                self._replace(worker, TaskTimeoutError(
-                    f"item #{index} ({short_repr(item)}) ran longer than timeout={timeout:g} s; "
-                    f"its worker (pid {worker.pid}) was killed and replaced"))
-
-    def disown(self) -> None:
-        """In a forked child: these workers are the parent's. Drop them
-        without a word to them; a call made here starts a pool of its own."""
-        self._pool, self._outcomes, self._inherited = [], [], True
-        self._reset_lock()  # another thread may have held it at the fork
-
-
-def prepare(options: Settings) -> None:
-    """Before a pool starts in a background thread: a fork server must be
-    started from the caller's own thread (see ``launch.ensure_running``)."""
-    if (options.start_method or default_start_method()) == "forkserver":
-        _launch.ensure_running()
-
-
-def create(workers: int, options: Settings) -> ProcessBackend:
-    """A pool of ``workers`` processes; the time it took to start is this
-    machine's next estimate (see ``parloop._costs``)."""
-    key = _costs.startup_key(options.start_method or default_start_method())
-    started = time.perf_counter()
-    backend = ProcessBackend(workers, options.start_method)
-    _costs.record_startup(key, workers, time.perf_counter() - started)
-    return backend
+        for worker, error in deadlines.overdue(self._roster.workers, time.monotonic()):
+            self._replace(worker, error)

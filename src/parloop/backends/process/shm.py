@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from ... import _costs
+from ... import _costs, _pickling
 
 __all__ = ["ENABLED", "THRESHOLD", "Packed", "export", "loads", "pack", "receive_fds", "send_fds"]
 
@@ -78,7 +78,7 @@ def pack(value: Any, dump: Callable[..., bytes] | None = None,
         kept = _Kept()
         callback = kept.keep
     try:
-        blob = pickle.dumps(value, PROTOCOL, buffer_callback=callback) if dump is None \
+        blob = _pickling.plain_dumps(value, buffer_callback=callback) if dump is None \
             else dump(value, buffer_callback=callback)
     except Exception:
         if fallback is None:

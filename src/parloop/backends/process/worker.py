@@ -4,8 +4,14 @@ Two threads share the worker's end of the pipe:
 
 * the receiver thread reads every message as soon as it arrives. The caller
   can therefore always finish a send (no deadlock when both sides push
-  hundreds of MB at once), a cancel takes effect between items, and the
-  worker exits on its own when the caller dies (the pipe hits EOF).
+  hundreds of MB at once), and the worker exits on its own when the caller
+  dies (the pipe hits EOF). A cancel stops the call's running item at once:
+  the receiver signals the main thread, whose handler raises
+  ``ItemCancelled`` in the item's code, and the worker goes on with other
+  work. (An item stuck in a C call that holds the GIL runs no Python code
+  at all, here or in the receiver: the caller kills that worker after
+  CANCEL_GRACE.) The receiver also gives back a chunk still queued here
+  when the caller asks (Revoke), so that an idle worker can run it.
 * the main thread runs chunks with the one item loop (``_runner``), which
   reports results every 50 ms so a crash loses little, and writes where it
   is into ``status``, a small array shared with the caller: ``[phase, item
@@ -20,6 +26,7 @@ import os
 import queue
 import signal
 import threading
+from collections import deque
 from collections.abc import MutableSequence
 from typing import Any
 
@@ -31,6 +38,8 @@ from .._wire import (
     JobMessage,
     Ready,
     Resend,
+    Revoke,
+    Revoked,
     RunChunk,
     SpecCache,
     Stop,
@@ -39,9 +48,16 @@ from .._wire import (
 )
 from . import pipe, shm
 
-__all__ = ["IDLE_EXIT", "Runner", "main"]
+__all__ = ["CANCEL_GRACE", "IDLE_EXIT", "ItemCancelled", "Runner", "main"]
 
 IDLE_EXIT = 75  # exit code of a worker that left on its own after idling
+CANCEL_GRACE = 0.5  # seconds a cancelled item has to stop before its worker is killed
+_PACKAGE = os.path.dirname(os.path.abspath(_role.__file__)) + os.sep  # parloop's own code
+
+
+class ItemCancelled(BaseException):
+    """Raised in a running item whose call was cancelled (a BaseException,
+    as KeyboardInterrupt is, so that ``except Exception`` does not swallow it)."""
 BLAS_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
                   "BLIS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 _pack_result = functools.partial(shm.pack, fallback=cloud_dumps)
@@ -58,9 +74,36 @@ class Runner:
         self.view = memoryview(status).cast("B").cast("d")  # type: ignore[arg-type]
         self.cancelled = cancelled
         self.specs = SpecCache(shm.loads)
+        self._sending = threading.Lock()  # both threads send; a message must stay whole
 
     def send(self, message: Any) -> None:
-        pipe.send(self.conn, message)
+        with self._sending:
+            pipe.send(self.conn, message)
+
+    def running(self, job_id: int) -> bool:
+        """Whether an item of job ``job_id`` runs (or a chunk of it loads) now."""
+        return self.view[2] == job_id and self.view[0] != IDLE
+
+    def cancel(self, job_id: int) -> None:
+        """(Receiver thread.) Stop the running item of ``job_id``, if any, by
+        an exception raised in its code; no other item of it starts."""
+        self.cancelled.add(job_id)
+        if self.running(job_id):
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGUSR1)
+
+    def on_cancel_signal(self, signum: int, frame: Any) -> None:
+        """SIGUSR1 in the main thread: raise only in code that the item loop
+        called as the item (the user's function and what it calls), never in
+        parloop's own nor in what parloop called (raising in a pipe write
+        would tear a message in half). Elsewhere the chunk stops at the next
+        item, or the caller kills the worker after CANCEL_GRACE."""
+        if int(self.view[2]) not in self.cancelled:
+            return
+        caller = frame
+        while caller is not None and not caller.f_code.co_filename.startswith(_PACKAGE):
+            caller = caller.f_back
+        if caller is not frame and caller is not None and caller.f_code is run_items.__code__:
+            raise ItemCancelled("the call was cancelled")
 
     def mark(self, phase: float, index: int, job_id: int) -> None:
         # The phase last: a reader that sees it sees the index and job too.
@@ -96,14 +139,48 @@ class Runner:
                   load=shm.loads, pack=_pack_result, big=shm.Packed)
 
 
-def _receive(conn: Any, inbox: queue.SimpleQueue[Any], cancelled: set[int]) -> None:
+class Inbox:
+    """Messages waiting for the main thread, in order; a chunk that has not
+    started yet can be taken back out (Revoke)."""
+
+    def __init__(self) -> None:
+        self._messages: deque[Any] = deque()
+        self._ready = threading.Condition()
+
+    def put(self, message: Any) -> None:
+        with self._ready:
+            self._messages.append(message)
+            self._ready.notify()
+
+    def get(self, timeout: float) -> Any:
+        """The next message; queue.Empty after ``timeout`` seconds without one."""
+        with self._ready:
+            if not self._ready.wait_for(lambda: self._messages, timeout):
+                raise queue.Empty
+            return self._messages.popleft()
+
+    def take_back(self, job_id: int, start: int) -> bool:
+        with self._ready:
+            for message in self._messages:
+                if type(message) is RunChunk and message.job_id == job_id \
+                        and message.start == start:
+                    self._messages.remove(message)
+                    return True
+            return False
+
+
+def _receive(conn: Any, inbox: Inbox, runner: Runner) -> None:
     while True:
         try:
             message = pipe.receive(conn)
         except (EOFError, OSError):
             os._exit(0)  # the caller is gone: never outlive it
-        if type(message) is Cancel:
-            cancelled.add(message.job_id)
+        kind = type(message)
+        if kind is Cancel:
+            runner.cancel(message.job_id)
+        elif kind is Revoke:
+            given_back = inbox.take_back(message.job_id, message.start)
+            runner.send(Revoked(message.job_id, message.start, given_back))
         else:
             inbox.put(message)
 
@@ -139,15 +216,16 @@ def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: 
     _name_process("parloop-worker")
     _limit_native_threads(threads)
 
-    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    inbox = Inbox()
     cancelled: set[int] = set()
-    threading.Thread(target=_receive, args=(conn, inbox, cancelled), daemon=True,
-                     name="parloop-receiver").start()
     runner = Runner(conn, status, cancelled)
+    signal.signal(signal.SIGUSR1, runner.on_cancel_signal)
+    threading.Thread(target=_receive, args=(conn, inbox, runner), daemon=True,
+                     name="parloop-receiver").start()
     runner.send(Ready(os.getpid()))
     while True:
         try:
-            message = inbox.get(timeout=idle_timeout)
+            message = inbox.get(idle_timeout)
         except queue.Empty:
             os._exit(IDLE_EXIT)  # idle too long: give the memory back
         kind = type(message)
