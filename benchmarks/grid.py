@@ -19,7 +19,7 @@ class Cell:
     ``payload`` kind and ``size`` bytes."""
 
     label: str
-    work: str  # "square" (x*x) or "spin" (the calibrated busy loop)
+    work: str  # "square" (x*x), "spin" (the calibrated busy loop), "uneven" (1 in 16 100x longer)
     items: int
     cost: float = 0.0  # seconds per item for "spin"; x*x is ~0.1 µs
     payload: str = "int"  # "int", "bytes" or "numpy"
@@ -29,6 +29,8 @@ class Cell:
 
     @property
     def serial_estimate(self) -> float:
+        if self.work == "uneven":  # 15 items in 16 of cost, 1 of 100 x cost
+            return self.items * self.cost * (15 + 100) / 16
         return self.items * max(self.cost, 1e-7)
 
     def sized(self, budget: float = SERIAL_BUDGET) -> Cell:
@@ -85,6 +87,7 @@ FULL: list[Cell] = [
     _spin(100, 10e-3, "numpy", 10**6, heavy=True),
     _spin(20, 1e-6, "numpy", 10**7),
     _spin(20, 100e-3, "numpy", 10**7, heavy=True),
+    Cell("256 × 1 ms, 1 in 16 100x longer (uneven)", "uneven", 256, 1e-3, cpu_heavy=True),
 ]
 
 QUICK: list[Cell] = [
@@ -93,4 +96,5 @@ QUICK: list[Cell] = [
     _spin(300, 1e-3, heavy=True),
     _spin(20, 10e-3, "numpy", 10**6, heavy=True),
     _spin(4, 1e-6, "numpy", 10**7),
+    Cell("256 × 1 ms, 1 in 16 100x longer (uneven)", "uneven", 256, 1e-3, cpu_heavy=True),
 ]

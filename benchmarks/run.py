@@ -59,7 +59,7 @@ def run_cell(cell: Cell, repeats: int, per_step: float, fixed: float,
     """Cold runs go round-robin (loop, parloop, peers; again), so that load
     from elsewhere on the machine, which drifts, falls on every runner alike.
     Each warm measurement is one interpreter timing ``repeats`` runs."""
-    iterations = iterations_for(cell.cost, per_step, fixed) if cell.work == "spin" else 0
+    iterations = iterations_for(cell.cost, per_step, fixed) if cell.work != "square" else 0
     spec = {"work": cell.work, "iterations": iterations, "payload": cell.payload,
             "size": cell.size, "items": cell.items, "warmup": min(cell.items, 4 * cores)}
     names = ("parloop", *PEERS)

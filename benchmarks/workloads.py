@@ -29,11 +29,20 @@ def spin(iterations: int, item: Any) -> int:
     return total + (len(item) if isinstance(item, (bytes, bytearray)) or hasattr(item, "shape") else 0)
 
 
+def spin_uneven(iterations: int, item: int) -> int:
+    """``spin``, but every 16th item (by its value) runs 100 times longer:
+    work whose cost a chunk size cannot predict."""
+    return spin(iterations * (100 if item % 16 == 0 else 1), item)
+
+
 def per_item_function(work: str, iterations: int) -> Callable[[Any], Any]:
-    """The callable a cell maps over its items: ``square`` or a bound ``spin``.
-    A ``functools.partial`` of a module-level function pickles by reference."""
+    """The callable a cell maps over its items: ``square``, or a bound
+    ``spin`` or ``spin_uneven``. A ``functools.partial`` of a module-level
+    function pickles by reference."""
     if work == "square":
         return square
+    if work == "uneven":
+        return functools.partial(spin_uneven, iterations)
     return functools.partial(spin, iterations)
 
 

@@ -152,6 +152,21 @@ def test_the_whole_call_takes_as_long_as_its_longest_item() -> None:
     assert time.monotonic() - began < 1.6
 
 
+def nap_uneven(i: int) -> int:
+    time.sleep(0.1 if i % 16 == 0 else 0.002)
+    return i
+
+
+@pytest.mark.timeout(60)
+def test_the_caller_waits_without_burning_cpu_while_work_is_uneven() -> None:
+    g = parallel_for(nap_uneven, backend="process", workers=2, chunksize=1)
+    g(range(4))
+    began, cpu = time.monotonic(), time.process_time()
+    assert g(range(128)) == list(range(128))
+    wall, used = time.monotonic() - began, time.process_time() - cpu
+    assert used < 0.5 * wall, f"the caller used {used:.2f} CPU seconds in {wall:.2f} s"
+
+
 # -- helper processes die ------------------------------------------------------------------
 
 

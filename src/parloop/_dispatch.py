@@ -139,6 +139,7 @@ class _Call:
         lease = yield from self._lease()
         if lease is None:
             return  # the input ran out while the pool was starting
+        self.job.item_seconds = plan.per_item
         sizer = _planner.ChunkSizer(self.workers, self.options.chunksize, plan.per_item)
         plan.chunksize = sizer.next(self.source.remaining)
         flow = Flow(self.job, self.source, self.policy, self.stats, lease.backend, sizer,

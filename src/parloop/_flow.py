@@ -103,6 +103,7 @@ class Flow:
         """Account for ``outcome``; yield whatever results it makes ready."""
         self.in_flight -= len(outcome.values)
         self.sizer.observe(len(outcome.values), outcome.busy)
+        self.job.item_seconds = self.sizer.per_item
         self.stats.account(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None
         self._settle(outcome, parent)

@@ -79,6 +79,8 @@ class Job:
     stop_on_error: bool = True
     timeout: float | None = None
     id: int = field(default_factory=lambda: next(_job_ids))
+    #: the engine's latest estimate of one item's seconds (None: not yet known)
+    item_seconds: float | None = None
 
     def call(self, item: Any) -> Any:
         if self.star:

@@ -62,6 +62,7 @@ from .task import Reply
 __all__ = ["ClusterBackend"]
 
 TIMEOUT_GRACE = 0.25  # seconds a chunk may overrun timeout * items: scheduling noise
+LONG_ITEM = 0.05  # seconds: items this long are not queued behind one another on a worker
 COLD_START = 5.0  # more seconds while a worker may still be starting, or loading the job
 LOST_RETRIES = 3  # times a chunk is resent after the cluster lost the job's data
 
@@ -81,6 +82,14 @@ class _Task:
     def budget(self) -> float:
         timeout = self.chunk.job.timeout or 0.0
         return timeout * len(self.chunk.items) + TIMEOUT_GRACE + self.allowance
+
+
+def _held_back(job: Job) -> bool:
+    """Whether the cluster gets no more of ``job``'s tasks than it has free
+    threads: with a timeout (a task sent is then taken to be running), and
+    with long items, so that no task of them waits behind another on a busy
+    worker while another worker idles."""
+    return job.timeout is not None or (job.item_seconds or 0.0) >= LONG_ITEM
 
 
 @dataclass(eq=False)
@@ -108,7 +117,7 @@ class ClusterBackend(Backend):
         self._jobs: dict[int, _ShippedJob] = {}
         self._tasks: dict[Any, _Task] = {}  # engine handle -> task, in submission order
         self._quarantine: deque[_Task] = deque()
-        self._waiting: deque[_Task] = deque()  # tasks of timed jobs, until a thread is free
+        self._waiting: deque[_Task] = deque()  # tasks held here until a thread is free
         self._suspect: Any = None  # handle of the quarantined task running now
         self._ready: list[Outcome] = []
         self._slot_count: int | None = None
@@ -145,7 +154,7 @@ class ClusterBackend(Backend):
     def submit(self, chunk: Chunk) -> None:
         with self._lock:
             task = _Task(chunk)
-            if chunk.job.timeout is not None:
+            if _held_back(chunk.job):
                 self._job_state(chunk.job)  # learns how many threads the cluster has
                 if self._waiting or len(self._tasks) >= (self._slot_count or 1):
                     self._waiting.append(task)
@@ -174,7 +183,7 @@ class ClusterBackend(Backend):
         return handle
 
     def _resend(self, task: _Task) -> None:
-        if task.chunk.job.timeout is not None and len(self._tasks) >= (self._slot_count or 1):
+        if _held_back(task.chunk.job) and len(self._tasks) >= (self._slot_count or 1):
             self._waiting.append(task)  # see submit
             return
         try:
@@ -194,7 +203,7 @@ class ClusterBackend(Backend):
                 raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
                     or exc from None
             state = self._jobs[job.id] = _ShippedJob(f"parloop-{uuid.uuid4().hex}-{job.id}", blob)
-            if job.timeout is not None and self._slot_count is None:
+            if _held_back(job) and self._slot_count is None:
                 self._slot_count = max(1, self._slots())
         if state.spec is None:
             state.spec = self._ship(state.blob)

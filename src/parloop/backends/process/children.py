@@ -31,6 +31,7 @@ class Sent:
     split: bool  # items pickled one by one (the worker unpickles each just before running it)
     by_value: bool = False  # classes of __main__ among the items were sent by value
     revoking: bool = False  # asked back (Revoke), no answer yet
+    started: bool = False  # the worker said it had started it: never asked back again
     cancelled_at: float | None = None
 
     @property

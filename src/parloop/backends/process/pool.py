@@ -334,7 +334,7 @@ class ProcessBackend(Backend):
                       key=lambda w: -len(w.inflight))
         for worker in busy[:len(idle)]:
             queued = worker.inflight[-1]
-            if not queued.revoking and queued.cancelled_at is None:
+            if not queued.revoking and not queued.started and queued.cancelled_at is None:
                 queued.revoking = True
                 self._send(worker, Revoke(queued.chunk.job.id, queued.chunk.start))
 
@@ -344,6 +344,7 @@ class ProcessBackend(Backend):
         if sent is None:
             return
         sent.revoking = False
+        sent.started = not message.given_back
         if message.given_back:
             worker.inflight.remove(sent)
             worker.assigned -= len(sent.chunk.items)
