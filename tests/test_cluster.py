@@ -52,15 +52,33 @@ class Engine:
         free = self.handle.available_resources().get("CPU", 0)
         return "" if free == 2 else f"only {free} of 2 CPUs free"
 
+    def _debug_state(self) -> tuple[str, float]:
+        """The raylet's own dump of what it holds (rewritten every ~10 s), and its age."""
+        node = self.handle._private.worker._global_node
+        path = Path(node.get_logs_dir_path(), "debug_state.txt")
+        return path.read_text(), time.time() - path.stat().st_mtime
+
+    def raylet_says_free(self, since: float) -> bool:
+        """Ray: the raylet itself, in a dump written in the last ``since``
+        seconds, has both CPUs available. The cluster-wide view that
+        ``available_resources`` reads can lag behind it: once, under load, it
+        still showed a CPU taken 40 s after the raylet had freed it."""
+        try:
+            text, age = self._debug_state()
+        except Exception:  # Ray's internals moved: trust only the census's own view
+            return False
+        local = next((line for line in text.splitlines() if "Local resources:" in line), "")
+        available = local.partition('"available":')[2]
+        return age < since and "CPU: [20000]" in available.partition("}")[0]
+
     def diagnosis(self) -> str:
         """What the engine says it holds, for a failed census."""
         if self.name != "ray":
             return ""
-        # The raylet's own dump (every 10 s): granted and waiting leases.
         try:
-            node = self.handle._private.worker._global_node
-            path = Path(node.get_logs_dir_path(), "debug_state.txt")
-            return "\nray's debug_state.txt:\n" + "".join(path.read_text().splitlines(True)[:40])
+            text, age = self._debug_state()
+            return (f"\nray's debug_state.txt ({age:.0f} s old):\n"
+                    + "".join(text.splitlines(True)[:40]))
         except Exception as exc:  # Ray's internals moved: keep the census's own message
             return f"\n(no debug_state.txt: {exc!r})"
 
@@ -120,9 +138,12 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
     for engine in _engines.values():
         began = time.monotonic()
         while engine.busy() and time.monotonic() < began + RELEASE_SECONDS:
+            if engine.name == "ray" and engine.raylet_says_free(time.monotonic() - began):
+                break  # the raylet holds nothing; only the cluster-wide view lags
             time.sleep(0.1)
-        assert not engine.busy(), (f"parloop left work on {engine.name}: {engine.busy()}"
-                                   f"{engine.diagnosis()}")
+        lagging = engine.name == "ray" and engine.raylet_says_free(time.monotonic() - began)
+        assert lagging or not engine.busy(), (f"parloop left work on {engine.name}: "
+                                              f"{engine.busy()}{engine.diagnosis()}")
         waited = time.monotonic() - began
         if waited > SLOW_RELEASE_SECONDS:  # passes, but the run's output says so
             # Not a warning: the suite turns warnings into errors.

@@ -70,6 +70,11 @@ class Worker:
     jobs: set[int] = field(default_factory=set)
     inflight: deque[Sent] = field(default_factory=deque)
 
+    def load(self) -> int:
+        """Chunks it holds that anyone still waits for: a cancelled one it
+        has not reached will be skipped at once."""
+        return sum(1 for sent in self.inflight if sent.cancelled_at is None)
+
     @property
     def name(self) -> str:
         return f"pid {self.pid}"

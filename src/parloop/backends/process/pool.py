@@ -326,15 +326,18 @@ class ProcessBackend(Backend):
 
     def _steal(self) -> None:
         """A worker with nothing to do asks a busy one for its queued chunk."""
-        idle = [w for w in self._roster.workers if w.ready and not w.inflight
+        idle = [w for w in self._roster.workers if w.ready and not w.load()
                 and self._roster.capacity(w) != 0]
         if not idle:
             return
-        busy = sorted((w for w in self._roster.workers if len(w.inflight) > 1),
-                      key=lambda w: -len(w.inflight))
+        busy = sorted((w for w in self._roster.workers if w.load() > 1 or not w.ready),
+                      key=lambda w: -w.load())
         for worker in busy[:len(idle)]:
-            queued = worker.inflight[-1]
-            if not queued.revoking and not queued.started and queued.cancelled_at is None:
+            # The last chunk anyone waits for, unless it is the one running.
+            queued = next((s for s in reversed(worker.inflight) if s.cancelled_at is None), None)
+            if queued is None or (queued is worker.inflight[0] and worker.ready):
+                continue
+            if not queued.revoking and not queued.started:
                 queued.revoking = True
                 self._send(worker, Revoke(queued.chunk.job.id, queued.chunk.start))
 

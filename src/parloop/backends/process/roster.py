@@ -97,7 +97,7 @@ class Roster:
         first; None when none can take one (none could be started, or all
         have been given their share of items and wait to be replaced)."""
         able = [w for w in self.workers if self.capacity(w) != 0]
-        return min(able, key=lambda w: (len(w.inflight), not w.ready)) if able else None
+        return min(able, key=lambda w: (w.load(), not w.ready)) if able else None
 
     def capacity(self, worker: Worker) -> int | None:
         """How many more items ``worker`` may be given (None: no limit)."""
