@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import threading
 import sys
+import threading
 from typing import Any
 
 import _common
