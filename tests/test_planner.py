@@ -8,6 +8,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import nested_outer, sleep_then, square
@@ -72,8 +73,8 @@ def test_nested_call_inside_a_worker_runs_serially() -> None:
         assert backend == "serial"
 
 
-@pytest.mark.timeout(60)
-def test_unpicklable_closure_falls_back_to_serial_with_a_warning() -> None:
+def _holding_a_lock() -> Any:
+    """A closure over a lock: it cannot be pickled, so it cannot go to a process."""
     import threading
     lock = threading.Lock()
 
@@ -82,7 +83,12 @@ def test_unpicklable_closure_falls_back_to_serial_with_a_warning() -> None:
             time.sleep(x)
         return x
 
-    fn = parallel_for(guarded, workers=2)
+    return guarded
+
+
+@pytest.mark.timeout(60)
+def test_unpicklable_closure_falls_back_to_serial_with_a_warning() -> None:
+    fn = parallel_for(_holding_a_lock(), workers=2)
     with pytest.warns(ParloopWarning, match="'lock'.*backend='thread'"):
         assert fn([0.1] * 8) == [0.1] * 8
     assert fn.last_plan is not None and fn.last_plan.backend == "serial"
@@ -90,14 +96,7 @@ def test_unpicklable_closure_falls_back_to_serial_with_a_warning() -> None:
 
 @pytest.mark.timeout(60)
 def test_the_fallback_warning_points_at_the_users_line_in_every_form() -> None:
-    import threading
-    lock = threading.Lock()
-
-    def guarded(x: float) -> float:
-        with lock:
-            time.sleep(x)
-        return x
-
+    guarded = _holding_a_lock()
     fn = parallel_for(guarded, workers=2)
     items = [0.05] * 40  # enough that a pool would clearly pay, were it possible
     with pytest.warns(ParloopWarning) as seen:

@@ -132,6 +132,23 @@ class Outcome:
     missing: int = 0  # the engine's count of slots still waiting for a retry
 
 
+def drain(source: Any, timeout: float | None) -> list[Any]:
+    """What a ``queue`` holds: waiting up to ``timeout`` seconds for the first
+    thing (0: not at all), then everything else that is there at once."""
+    import queue
+
+    try:
+        got = [source.get(timeout=timeout)] if timeout is None or timeout > 0 \
+            else [source.get_nowait()]
+    except queue.Empty:
+        return []
+    while True:
+        try:
+            got.append(source.get_nowait())
+        except queue.Empty:
+            return got
+
+
 class Backend(ABC):
     """Runs chunks somewhere and reports their outcomes.
 

@@ -20,7 +20,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ._runner import EVERYTHING, run_items
 from ._wire import Done, JobSpec, decode
-from .base import Backend, Chunk, Job, Outcome, Settings
+from .base import Backend, Chunk, Job, Outcome, Settings, drain
 
 __all__ = ["ThreadBackend", "create"]
 
@@ -64,15 +64,7 @@ class ThreadBackend(Backend):
             self._futures[job_id].discard(future)
 
     def _poll(self, timeout: float | None) -> list[Outcome]:
-        try:
-            ready = [self._done.get(timeout=timeout)]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                ready.append(self._done.get_nowait())
-            except queue.Empty:
-                return ready
+        return drain(self._done, timeout)
 
     def cancel(self, job: Job) -> None:
         with self._lock:

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 from ..._options import Options
-from ..base import Chunk
+from ..base import Chunk, drain
 from .shared import ClusterBackend, _Lost, _ShippedJob
 from .task import Reply, run_chunk_remote
 
@@ -91,16 +91,7 @@ class DaskBackend(ClusterBackend):
         return future
 
     def _finished(self, timeout: float | None) -> list[Any]:
-        try:
-            done = [self._done.get(timeout=timeout)] if timeout is None or timeout > 0 \
-                else [self._done.get_nowait()]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                done.append(self._done.get_nowait())
-            except queue.Empty:
-                return [future for future in done if future in self._tasks]
+        return [future for future in drain(self._done, timeout) if future in self._tasks]
 
     def _results(self, handles: list[Any]) -> list[tuple[Reply, BaseException | None]]:
         finished = [f for f in handles if f.status == "finished"]
