@@ -139,4 +139,20 @@ def test_importing_parloop_imports_no_backend_and_a_backend_no_engine() -> None:
             "print(sorted(m for m in ('distributed', 'dask', 'ray') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
-    assert done.stdout.split("\n")[:2] == ["['parloop.backends.base']", "[]"]
+    assert done.stdout.split("\n")[:2] == ["[]", "[]"]
+
+
+def test_importing_parloop_loads_only_what_decorating_needs() -> None:
+    # The engine, the planner and cloudpickle wait for the first call: a
+    # script that imports a module with decorated functions pays for none.
+    code = ("import sys, parloop\n"
+            "@parloop.parallel_for\n"
+            "def f(x): return x\n"
+            "heavy = ['parloop._calls', 'parloop._dispatch', 'parloop._planner', "
+            "'parloop._pickling', 'parloop._scope', 'cloudpickle']\n"
+            "print(sorted(m for m in heavy if m in sys.modules))\n"
+            "f([1, 2])\n"
+            "print('parloop._dispatch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.split() == ["[]", "True"]

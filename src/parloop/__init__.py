@@ -8,10 +8,9 @@
 [0, 1, 4, 9, 16]
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._cpu import cpu_count as cpu_count
-from ._entry import parallel_for as parallel_for
-from ._plan import Plan as Plan
-from ._types import ParallelFunction as ParallelFunction
 from .errors import BackendUnavailableError as BackendUnavailableError
 from .errors import ParloopError as ParloopError
 from .errors import ParloopWarning as ParloopWarning
@@ -19,6 +18,11 @@ from .errors import RemoteUnpicklingError as RemoteUnpicklingError
 from .errors import TaskTimeoutError as TaskTimeoutError
 from .errors import UnpicklableError as UnpicklableError
 from .errors import WorkerCrashedError as WorkerCrashedError
+
+if TYPE_CHECKING:
+    from ._entry import parallel_for as parallel_for
+    from ._plan import Plan as Plan
+    from ._types import ParallelFunction as ParallelFunction
 
 __version__ = "0.1.0"
 
@@ -35,3 +39,19 @@ __all__ = [
     "cpu_count",
     "parallel_for",
 ]
+
+# Imported when first asked for. A worker process, or parloop's fork server,
+# imports parloop's backend modules, which run this file: they must not pay
+# for the decorator (wrapt) nor the engine. ``from parloop import
+# parallel_for`` loads what decorating needs, and no more.
+_LAZY = {"parallel_for": "._entry", "Plan": "._plan", "ParallelFunction": "._types"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'parloop' has no attribute {name!r}")

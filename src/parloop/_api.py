@@ -11,17 +11,33 @@ import contextvars
 import functools
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from types import TracebackType
-from typing import Any, Concatenate, Generic, TypeVar, cast, overload
+from types import ModuleType, TracebackType
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar, cast, overload
 
 import wrapt
-from typing_extensions import ParamSpec
 
-from . import _calls, _scope
 from ._options import validate
-from ._plan import Plan
-from ._pool import Pool
-from ._types import LoopDecorator, ParallelFunction
+
+if TYPE_CHECKING:
+    from . import _scope
+    from ._plan import Plan
+    from ._pool import Pool
+    from ._types import LoopDecorator, ParallelFunction
+
+
+def _engine() -> ModuleType:
+    """``_calls``, the way into the engine, imported on the first call: a
+    script that only decorates (or imports a module that does) never pays
+    for the engine's import."""
+    global _calls
+    if _calls is None:
+        from . import _calls as engine
+
+        _calls = engine
+    return _calls
+
+
+_calls: ModuleType | None = None
 
 __all__ = ["ParallelFor", "make_wrapper", "parallel_for_impl"]
 
@@ -43,8 +59,10 @@ def _call(state: _Remembered, wrapped: Callable[..., Any], instance: Any, args: 
     name = getattr(wrapped, "__name__", "function")
     if not args:
         raise TypeError(f"{name}() missing its first argument: the iterable of items to run it on")
-    items = _calls.check_items(args[0], name)
-    return _calls.run_list(wrapped, items, args[1:], kwargs, state.explicit, state.record)
+    engine = _engine()
+    items = engine.check_items(args[0], name)
+    return cast("list[Any]", engine.run_list(wrapped, items, args[1:], kwargs, state.explicit,
+                                             state.record))
 
 
 class _Calls:
@@ -66,9 +84,10 @@ class _Calls:
     def iter(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> Iterator[Any]:
         """Like calling it, but lazy: yields results as they arrive, reads the
         input a bounded window ahead; ``break`` or ``close()`` cancels the rest."""
-        items = _calls.check_items(items, self.__wrapped__.__name__)
-        return _calls.run_iter(self.__wrapped__, items, args, kwargs, self._state.explicit,
-                               self._state.record)
+        engine = _engine()
+        items = engine.check_items(items, self.__wrapped__.__name__)
+        return cast("Iterator[Any]", engine.run_iter(self.__wrapped__, items, args, kwargs,
+                                                     self._state.explicit, self._state.record))
 
     async def amap(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> list[Any]:
         """``await f.amap(items)``: the same call without blocking the event loop."""
@@ -76,10 +95,10 @@ class _Calls:
 
     async def aiter(self, items: Iterable[Any], /, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
         """``async for r in f.aiter(items)``: results as they arrive."""
-        items = _calls.check_items(items, self.__wrapped__.__name__)
-        batches = _calls.start(self.__wrapped__, items, args, kwargs, self._state.explicit,
+        items = _engine().check_items(items, self.__wrapped__.__name__)
+        batches = _engine().start(self.__wrapped__, items, args, kwargs, self._state.explicit,
                                self._state.record, abort=(abort := threading.Event()))
-        async for result in _calls.run_async(batches, abort):
+        async for result in _engine().run_async(batches, abort):
             yield result
 
 
@@ -145,6 +164,9 @@ class ParallelFor(Generic[E]):
         return dispatch_target(target, self._explicit)
 
     def __enter__(self) -> Pool:
+        from . import _scope
+        from ._pool import Pool
+
         outer = _scope.active_block()
         options = {**(outer.options if outer else {}), **self._explicit}
         block = _scope.Block(options)
@@ -153,6 +175,8 @@ class ParallelFor(Generic[E]):
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        from . import _scope
+
         token, block = self._tokens.pop()
         _scope.leave(token)
         block.close(kill=kind is not None and not issubclass(kind, Exception))

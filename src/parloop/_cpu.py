@@ -11,14 +11,12 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from typing import NamedTuple
 
 __all__ = ["CpuReport", "cpu_count", "cpu_report", "default_start_method", "thread_count"]
 
 
-@dataclass(frozen=True)
-class CpuReport:
+class CpuReport(NamedTuple):
     """``usable`` CPUs and the limits it was derived from (None: no such limit)."""
 
     usable: int
@@ -46,34 +44,41 @@ def _affinity() -> int | None:
         return None
 
 
-def _cgroup_v2_quota(root: Path) -> float | None:
+def _read(path: str) -> str:
+    with open(path) as file:
+        return file.read()
+
+
+def _cgroup_v2_quota(root: str) -> float | None:
     # Walk from this process's cgroup up to the root: a parent's limit binds too.
     try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
+        lines = _read("/proc/self/cgroup").splitlines()
     except OSError:
         return None
     relative = next((line.split(":", 2)[2] for line in lines if line.startswith("0::")), None)
     if relative is None:
         return None
     best: float | None = None
-    directory = root / relative.lstrip("/")
+    root = os.path.normpath(root)
+    directory = os.path.normpath(os.path.join(root, relative.lstrip("/")))
     while True:
         try:
-            quota, period = (directory / "cpu.max").read_text().split()
+            quota, period = _read(os.path.join(directory, "cpu.max")).split()
             if quota != "max":
                 value = int(quota) / int(period)
                 best = value if best is None else min(best, value)
         except (OSError, ValueError):
             pass
-        if directory == root or directory.parent == directory:
+        parent = os.path.dirname(directory)
+        if directory == root or parent == directory:
             return best
-        directory = directory.parent
+        directory = parent
 
 
-def _cgroup_v1_quota(root: Path) -> float | None:
+def _cgroup_v1_quota(root: str) -> float | None:
     try:
-        quota = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
-        period = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        quota = int(_read(os.path.join(root, "cpu", "cpu.cfs_quota_us")))
+        period = int(_read(os.path.join(root, "cpu", "cpu.cfs_period_us")))
     except (OSError, ValueError):
         return None
     if quota <= 0 or period <= 0:
@@ -91,9 +96,9 @@ def _static_limits(root: str) -> tuple[int, float | None]:
     key = (os.getpid(), root)
     limits = _static_cache.get(key)
     if limits is None:
-        quota = _cgroup_v2_quota(Path(root))
+        quota = _cgroup_v2_quota(root)
         if quota is None:
-            quota = _cgroup_v1_quota(Path(root))
+            quota = _cgroup_v1_quota(root)
         limits = _static_cache[key] = (os.cpu_count() or 1, quota)
     return limits
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any, Concatenate, Literal, TypeVar, overload
-
-from typing_extensions import Never, ParamSpec, TypedDict, Unpack
+from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDict, TypeVar, overload
 
 from ._api import _MISSING, ParallelFor, parallel_for_impl
-from ._types import LoopDecorator, ParallelFunction, StarOptions
+
+if TYPE_CHECKING:  # annotations only: not imported when the package is
+    from typing_extensions import Never, Unpack
+
+    from ._types import LoopDecorator, ParallelFunction, StarOptions
 
 T = TypeVar("T")
 R = TypeVar("R")

@@ -7,10 +7,8 @@ innermost active block (see ``_scope``), the defaults below.
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
 from typing import Any
 
 from ._cpu import START_METHODS, cpu_count, cpu_report
@@ -21,24 +19,43 @@ __all__ = ["BACKENDS", "Options", "resolve", "validate"]
 ProgressCallback = Callable[[int, "int | None"], None]
 
 
-@dataclass(frozen=True)
+# Each option and its default. (A plain class, not a dataclass: importing
+# dataclasses costs more than all of parloop's own import is allowed to.)
+DEFAULTS: dict[str, Any] = {
+    "workers": None, "backend": "auto", "ordered": True, "chunksize": None, "timeout": None,
+    "errors": "raise", "star": False, "progress": False, "start_method": None, "retries": 0,
+    "retry_on": (), "client": None, "address": None, "max_items_per_worker": None,
+}
+NAMES = tuple(DEFAULTS)
+
+
 class Options:
     """One fully resolved set of options for one call."""
 
-    workers: int | None = None
-    backend: str = "auto"
-    ordered: bool = True
-    chunksize: int | None = None
-    timeout: float | None = None
-    errors: str = "raise"
-    star: bool = False
-    progress: bool | ProgressCallback = False
-    start_method: str | None = None
-    retries: int = 0
-    retry_on: tuple[type[BaseException], ...] = ()
-    client: Any = None
-    address: str | None = None
-    max_items_per_worker: int | None = None
+    __slots__ = NAMES
+    workers: int | None
+    backend: str
+    ordered: bool
+    chunksize: int | None
+    timeout: float | None
+    errors: str
+    star: bool
+    progress: bool | ProgressCallback
+    start_method: str | None
+    retries: int
+    retry_on: tuple[type[BaseException], ...]
+    client: Any
+    address: str | None
+    max_items_per_worker: int | None
+
+    def __init__(self, **given: Any) -> None:
+        for name, default in DEFAULTS.items():
+            setattr(self, name, given.pop(name, default))
+        if given:
+            raise TypeError(f"unknown options {sorted(given)}")
+
+    def __repr__(self) -> str:
+        return f"Options({', '.join(f'{n}={getattr(self, n)!r}' for n in NAMES)})"
 
     def worker_count(self) -> int:
         """``workers`` as a positive count of processes or threads."""
@@ -52,9 +69,6 @@ class Options:
         if env:
             return f"PARLOOP_WORKERS={env}"
         return cpu_report().reason
-
-
-NAMES = tuple(f.name for f in fields(Options))
 
 
 def resolve_workers(workers: int | None) -> int:
@@ -150,6 +164,8 @@ def validate(options: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in options.items():
         if name not in NAMES:
+            import difflib  # only on this error path
+
             close = difflib.get_close_matches(name, NAMES, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else f"; known options: {', '.join(NAMES)}"
             raise TypeError(f"parallel_for got an unknown option {name!r}{hint}")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copyreg
 import importlib
-import inspect
 import io
 import mmap
 import pickle
@@ -301,6 +300,8 @@ def _describe_function(fn: Any) -> str:
 
 def _argument_names(fn: Callable[..., Any], args: tuple[Any, ...], star: bool) -> list[str]:
     if not star:
+        import inspect  # here: only an error message needs it
+
         try:
             params = list(inspect.signature(fn).parameters.values())[1:]
             names = [p.name for p in params

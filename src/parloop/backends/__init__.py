@@ -10,17 +10,17 @@ parloop`` never imports an engine such as Dask or Ray.
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..errors import BackendUnavailableError
-from .base import Backend, Settings
+
+if TYPE_CHECKING:
+    from .base import Backend, Settings
 
 __all__ = ["CHOICES", "REGISTRY", "BackendInfo", "create", "key", "prepare"]
 
 
-@dataclass(frozen=True)
-class BackendInfo:
+class BackendInfo(NamedTuple):
     name: str
     module: str  # imported when first used
     requires: str | None = None  # a package it needs ...

@@ -41,7 +41,6 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 __all__ = ["Backend", "Chunk", "Job", "Outcome", "Settings"]
@@ -67,20 +66,36 @@ class Settings(Protocol):
     def max_items_per_worker(self) -> int | None: ...
 
 
-@dataclass(eq=False)
 class Job:
     """One call: the function, the arguments shared by every item, and how to
     treat failures. Backends ship it to each worker at most once."""
 
-    fn: Callable[..., Any]
-    args: tuple[Any, ...] = ()
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    star: bool = False
-    stop_on_error: bool = True
-    timeout: float | None = None
-    id: int = field(default_factory=lambda: next(_job_ids))
-    #: the engine's latest estimate of one item's seconds (None: not yet known)
-    item_seconds: float | None = None
+    # Plain classes with slots, not dataclasses: a worker process imports this
+    # module, and dataclasses (with inspect) would double its import time.
+    __slots__ = (
+        "__weakref__",
+        "args",
+        "fn",
+        "id",
+        "item_seconds",
+        "kwargs",
+        "star",
+        "stop_on_error",
+        "timeout",
+    )
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
+                 kwargs: dict[str, Any] | None = None, star: bool = False,
+                 stop_on_error: bool = True, timeout: float | None = None) -> None:
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs if kwargs is not None else {}
+        self.star = star
+        self.stop_on_error = stop_on_error
+        self.timeout = timeout
+        self.id = next(_job_ids)
+        #: the engine's latest estimate of one item's seconds (None: not yet known)
+        self.item_seconds: float | None = None
 
     def call(self, item: Any) -> Any:
         if self.star:
@@ -95,13 +110,15 @@ class Job:
         return self.call
 
 
-@dataclass(eq=False)
 class Chunk:
     """Consecutive items ``start, start + 1, ...`` of one job."""
 
-    job: Job
-    start: int
-    items: list[Any]
+    __slots__ = ("items", "job", "start")
+
+    def __init__(self, job: Job, start: int, items: list[Any]) -> None:
+        self.job = job
+        self.start = start
+        self.items = items
 
     @property
     def end(self) -> int:
@@ -113,7 +130,6 @@ class Chunk:
                 Chunk(self.job, self.start + count, self.items[count:]))
 
 
-@dataclass(eq=False)
 class Outcome:
     """Results for items ``start .. start + len(values) - 1`` of job ``job_id``.
 
@@ -122,14 +138,19 @@ class Outcome:
     worker spent computing these items, used to size later chunks.
     """
 
-    job_id: int
-    start: int
-    values: list[Any]
-    errors: dict[int, BaseException] = field(default_factory=dict)
-    busy: float = 0.0
-    worker: str = ""
-    slowest: tuple[float, int] = (0.0, -1)  # (seconds, index) of the slowest item here
-    missing: int = 0  # the engine's count of slots still waiting for a retry
+    __slots__ = ("busy", "errors", "job_id", "missing", "slowest", "start", "values", "worker")
+
+    def __init__(self, job_id: int, start: int, values: list[Any],
+                 errors: dict[int, BaseException] | None = None, busy: float = 0.0,
+                 worker: str = "", slowest: tuple[float, int] = (0.0, -1)) -> None:
+        self.job_id = job_id
+        self.start = start
+        self.values = values
+        self.errors = errors if errors is not None else {}
+        self.busy = busy
+        self.worker = worker
+        self.slowest = slowest  # (seconds, index) of the slowest item here
+        self.missing = 0  # the engine's count of slots still waiting for a retry
 
 
 def drain(source: Any, timeout: float | None) -> list[Any]:

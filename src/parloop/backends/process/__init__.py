@@ -8,11 +8,13 @@ for how a chunk travels."""
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ... import _costs
 from ..._cpu import default_start_method as default_start_method
-from ..base import Settings
+
+if TYPE_CHECKING:
+    from ..base import Settings
 
 __all__ = ["create", "default_start_method", "prepare"]
 
