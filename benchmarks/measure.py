@@ -82,7 +82,10 @@ class _Lines:
 
 def run_child(spec: dict[str, Any], run_limit: float, into: Measurement) -> None:
     """Run one child on ``spec``; add its runs to ``into``."""
-    env = dict(os.environ)
+    # Bytecode caches as on a user's machine: without them (this sandbox sets
+    # PYTHONDONTWRITEBYTECODE) parloop, installed from source, would compile
+    # its modules on every import while the peers' caches came with them.
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     born = time.monotonic()
     finished = None

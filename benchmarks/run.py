@@ -14,6 +14,8 @@ import datetime
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
 import time
 from dataclasses import asdict
@@ -24,6 +26,7 @@ from typing import Any
 from . import report
 from .grid import FULL, QUICK, Cell
 from .measure import Measurement, run_child
+from .report import format_seconds
 from .runners import PEERS
 from .workloads import calibrate, iterations_for
 
@@ -54,6 +57,40 @@ def machine() -> dict[str, Any]:
             "load_start": os.getloadavg(), "versions": versions}
 
 
+IMPORT = "from parloop import parallel_for"  # what a script does first
+
+
+def import_cost(runs: int = 7) -> dict[str, float]:
+    """``IMPORT`` in fresh interpreters (after one that writes the bytecode
+    caches), ``runs`` times each way: with ``-X importtime``, the median self
+    time of parloop's own modules and wrapt's share; without, the whole
+    import's wall time."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    timed = f"import time; t = time.perf_counter(); {IMPORT}; print(time.perf_counter() - t)"
+    subprocess.run([sys.executable, "-c", IMPORT], env=env, check=True)
+    own, wrapt, whole = [], [], []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-X", "importtime", "-c", IMPORT],
+                              capture_output=True, text=True, env=env, check=True)
+        mine = wrapped = 0
+        for line in done.stderr.splitlines():
+            fields = line.removeprefix("import time:").split("|")
+            if len(fields) != 3 or not fields[0].strip().isdigit():
+                continue
+            name = fields[2].strip()
+            if name.startswith("parloop"):
+                mine += int(fields[0])
+            elif name == "wrapt":
+                wrapped = int(fields[1])
+        own.append(mine / 1e6)
+        wrapt.append(wrapped / 1e6)
+        done = subprocess.run([sys.executable, "-c", timed], capture_output=True, text=True,
+                              env=env, check=True)
+        whole.append(float(done.stdout))
+    return {"own": statistics.median(own), "whole": statistics.median(whole),
+            "wrapt": statistics.median(wrapt), "runs": runs}
+
+
 def run_cell(cell: Cell, repeats: int, per_step: float, fixed: float,
              cores: int) -> dict[str, Any]:
     """Cold runs go round-robin (loop, parloop, peers; again), so that load
@@ -61,7 +98,8 @@ def run_cell(cell: Cell, repeats: int, per_step: float, fixed: float,
     Each warm measurement is one interpreter timing ``repeats`` runs."""
     iterations = iterations_for(cell.cost, per_step, fixed) if cell.work != "square" else 0
     spec = {"work": cell.work, "iterations": iterations, "payload": cell.payload,
-            "size": cell.size, "items": cell.items, "warmup": min(cell.items, 4 * cores)}
+            "size": cell.size, "items": cell.items, "warmup": min(cell.items, 4 * cores),
+            "import_timed": cell.import_timed}
     names = ("parloop", *PEERS)
     loop = Measurement()
     cold = {name: Measurement() for name in names}
@@ -96,7 +134,11 @@ def write_markdown(path: Path, info: dict[str, Any], cells: list[dict[str, Any]]
         f"- Load average (1/5/15 min) at start: {load}; at end: {load_end}. "
         "Other work on the machine inflates times and their spread.",
         f"- Busy loop: {info['per_step'] * 1e9:.1f} ns per step, {info['fixed'] * 1e9:.0f} ns "
-        "per call. Medians of several runs; cold runs each in a fresh interpreter.", "",
+        "per call. Medians of several runs; cold runs each in a fresh interpreter.",
+        f"- `{IMPORT}` (median of {info['import']['runs']} fresh interpreters, bytecode "
+        f"cached): {format_seconds(info['import']['whole'])} in all; parloop's own modules "
+        f"{format_seconds(info['import']['own'])} of self time (`-X importtime`), wrapt "
+        f"{format_seconds(info['import']['wrapt'])} with what it imports.", "",
         "Each number is that runner's median time divided by the best median in the same "
         "row (1.00 = fastest). `>N`: stopped at the per-run time limit, so at least N. "
         "`loop per item` is the plain loop's measured time per item (the label's cost is "
@@ -133,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or 3
     info = machine()
     info["per_step"], info["fixed"] = calibrate()
+    info["import"] = import_cost()
+    print(f"{IMPORT}: {info['import']['whole'] * 1e3:.1f} ms, parloop's own modules "
+          f"{info['import']['own'] * 1e3:.1f} ms, wrapt {info['import']['wrapt'] * 1e3:.1f} ms",
+          flush=True)
     print(f"{info['cpu']}, {info['cores']} cores, Python {info['python']}, "
           f"load {info['load_start'][0]:.2f}; {len(cells)} cells, {repeats} runs each", flush=True)
     results: list[dict[str, Any]] = []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -123,3 +124,9 @@ def _describe(fds: set[str]) -> list[str]:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "no_census: the test manages processes itself")
+    # Started as a background job of a non-interactive shell (nohup, some CI
+    # runners), this process ignores SIGINT, and so would every script the
+    # Ctrl-C tests start (an ignored signal stays ignored across exec, and
+    # Python then installs no KeyboardInterrupt handler). Restore it.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -175,7 +175,8 @@ def test_a_second_call_of_heavy_work_starts_every_worker_at_once() -> None:
     fn = parallel_for(_nap, workers=2)
     assert fn([0.02] * 40) == [0.02] * 40
     first = fn.last_plan
-    assert first is not None and first.backend == "process" and "probed" in first.reason
+    assert first is not None and first.backend == "process"
+    assert "probed" in first.reason or "head start" in first.reason, first.reason
     assert first.per_item is not None and first.per_item >= 0.015
     assert fn([0.02] * 6) == [0.02] * 6
     second = fn.last_plan

@@ -288,8 +288,9 @@ def test_ctrl_c_stops_the_call_with_one_traceback_and_no_survivors(
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_while_the_pool_starts_and_the_caller_runs_an_item() -> None:
-    process, facts = _start_script("interrupted_while_starting.py")
+@pytest.mark.parametrize("starter", ["overlap", "head"])
+def test_ctrl_c_while_the_pool_starts_and_the_caller_runs_an_item(starter: str) -> None:
+    process, facts = _start_script("interrupted_while_starting.py", starter)
     everyone: set[int] = set()
     try:
         assert facts["caller_busy"] == process.pid

@@ -32,7 +32,8 @@ def test_heavy_work_goes_to_processes() -> None:
     assert fn([0.05] * 24) == [0.05] * 24
     plan = fn.last_plan
     assert plan is not None and plan.backend == "process" and plan.workers == 2, plan.reason
-    assert "2 workers ≈" in plan.reason
+    # A pool started beside the first item (a head start), or after the probe's numbers.
+    assert "head start" in plan.reason or "2 workers ≈" in plan.reason
 
 
 @pytest.mark.timeout(60)

@@ -64,8 +64,10 @@ def startup_key(method: str) -> str:
     return method
 
 
-def startup_estimate(method: str, workers: int) -> float:
-    fixed, per_worker = _STARTUP.get(startup_key(method), _STARTUP["spawn"])
+def startup_estimate(method: str, workers: int, server_coming: bool = False) -> float:
+    """``server_coming``: a fork server not yet running is being started."""
+    key = method if server_coming else startup_key(method)
+    fixed, per_worker = _STARTUP.get(key, _STARTUP["spawn"])
     return fixed + per_worker * workers
 
 

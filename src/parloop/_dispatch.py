@@ -38,15 +38,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any
+from typing import Any, cast
 
 from . import _costs, _planner, _scope
 from ._flow import Flow
+from ._headstart import HeadStart, arrange
 from ._input import Input
 from ._options import Options
 from ._overlap import start_while_working
 from ._pickling import explain_item, explain_unpicklable
-from ._plan import Plan
+from ._plan import Plan, format_seconds
 from ._policy import ErrorPolicy
 from ._progress import make_progress
 from ._serial import SerialLoop
@@ -107,6 +108,7 @@ class _Call:
         self.plan = Plan("serial", 1, None)
         self.pool: _planner.PoolCost | None = None  # once the planner has asked
         self.abort: threading.Event | None = None
+        self.head: HeadStart | None = None
         self._workers: int | None = None
 
     @property
@@ -121,7 +123,11 @@ class _Call:
         plan = self.plan
         plan.backend, plan.reason = _planner.static_choice(self.options, self.source.total)
         if plan.backend == "auto":
-            yield from self._auto()
+            try:
+                yield from self._auto()
+            except BaseException:
+                self._drop_head()
+                raise
         elif plan.backend == "process" and self.source.peek():
             problem = self._unpicklable()
             if problem is not None:
@@ -144,6 +150,8 @@ class _Call:
         plan.chunksize = sizer.next(self.source.remaining)
         flow = Flow(self.job, self.source, self.policy, self.stats, lease.backend, sizer,
                     self.workers, self.options.ordered, self.abort)
+        if self.head is not None and self.loop.head_started:
+            flow.adopt(self.head.sent)
         broken = False
         try:
             yield from flow.run()
@@ -161,8 +169,14 @@ class _Call:
         verdict = _planner.from_history(self.source.total, _costs.recall(self.job.fn),
                                         self._pool_cost)
         if verdict is None:
-            yield from self.loop.probe(self._pool_cost)
+            self.head = arrange(self.job, self.source, self.options, self.block,
+                                lambda: self.workers)
+            yield from self.loop.probe(self._pool_cost, self.head)
+            if self.loop.head_started:
+                self._headed()
+                return
             verdict = self.loop.verdict
+            assert verdict is not None
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
         if verdict.serial_more is None:
             return
@@ -179,10 +193,37 @@ class _Call:
             return
         plan.backend = "process"
 
+    def _headed(self) -> None:
+        """The first item ran long enough that a pool was started beside it,
+        and the pool has taken the next items."""
+        head, plan, loop = self.head, self.plan, self.loop
+        assert head is not None and head.fired_at is not None
+        first, after, sent, here = loop.first_seconds, head.fired_at, len(head.sent), \
+            self.source.index - len(head.sent)
+        plan.backend, plan.per_item = "process", loop.per_item
+        plan.reason = lambda: (
+            f"the first item ran {format_seconds(first)}; {format_seconds(after)} into it a "
+            f"pool started in the background (a head start), and took {sent} items once up, "
+            f"while the caller ran {here}")
+
+    def _drop_head(self) -> None:
+        """The call ended in the probe (an item raised, or the consumer
+        left): what a head start sent is cancelled, and its pool given back
+        (one still starting is given back once up)."""
+        if self.head is None:
+            return
+        lease = self.head.close()
+        if lease is not None:
+            lease.backend.cancel(self.job)
+            lease.backend.end_job(self.job)
+            lease.release()
+
     def _lease(self) -> Generator[list[Any], None, _scope.Lease | None]:
         """The backend to run on: leased here, or started in a thread while
         the caller runs items (a pool that does not fork the caller)."""
         name, workers, options = self.plan.backend, self.workers, self.options
+        if self.head is not None and self.loop.head_started:
+            return cast(_scope.Lease, self.head.lease)
         if self.pool is None or not self.pool.overlap:
             return _scope.lease(name, workers, options, self.block)
         _scope.prepare(name, options)  # what must happen in this thread first
@@ -199,7 +240,8 @@ class _Call:
 
     def _pool_cost(self) -> _planner.PoolCost:
         warm = _scope.is_warm("process", self.workers, self.options, self.block)
-        self.pool = _planner.pool_cost(self.options, self.workers, warm)
+        self.pool = _planner.pool_cost(self.options, self.workers, warm,
+                                       self.head is not None and self.head.busy)
         return self.pool
 
     def _unpicklable(self) -> BaseException | None:

@@ -52,6 +52,16 @@ class Flow:
         self.next_out = source.index
         self.failure: tuple[int, BaseException] | None = None  # ordered: raise on reaching it
 
+    def adopt(self, chunks: list[Chunk]) -> None:
+        """Chunks of this call already sent to the backend (a head start),
+        which come first in input order."""
+        for chunk in chunks:
+            self.starts.append(chunk.start)
+            self.chunks[chunk.start] = (chunk.items, [len(chunk.items)])
+            self.in_flight += len(chunk.items)
+        if chunks:
+            self.next_out = min(self.next_out, chunks[0].start)
+
     def run(self) -> Iterator[list[Any]]:
         """The whole parallel run; cancels what is pending if it ends early."""
         backend = self.backend

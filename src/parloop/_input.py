@@ -67,6 +67,12 @@ class Input:
             self.iterator = itertools.chain(self._ahead, self.iterator)
             self._ahead = []
 
+    def give_back(self, items: list[Any]) -> None:
+        """Let ``items``, just taken, be read again, first."""
+        if items:
+            self.iterator = itertools.chain(items, self.iterator)
+            self.index -= len(items)
+
     def in_sequence(self) -> bool:
         """Whether the rest may be read as ``sequence[index:]`` in one pass."""
         return self.sequence is not None and not self._ahead \

@@ -6,12 +6,12 @@ while this one runs user code could copy a lock it holds into the workers.
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Callable, Generator
 from typing import Any
 
+from ._headstart import switch_often
 from ._scope import Lease
 from ._serial import RESPONSIVE_SECONDS, SerialLoop
 
@@ -44,7 +44,7 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
     loop.source.put_back()
     batch = max(1, int(RESPONSIVE_SECONDS / 4 / max(per_item, 1e-7)))  # check every ~5 ms
     more = True
-    _switch_often(True)
+    switch_often(True)
     try:
         began = time.perf_counter()
         starter.start()
@@ -78,28 +78,4 @@ def start_while_working(start: Callable[[], Lease], loop: SerialLoop, per_item: 
             box.lease.release(not isinstance(exc, (Exception, GeneratorExit)))
         raise
     finally:
-        _switch_often(False)
-
-
-_switching_lock = threading.Lock()
-_switching = 0  # calls with a pool starting now
-_user_interval = 0.0  # the switch interval to restore after them
-
-
-def _switch_often(on: bool) -> None:
-    """A pool's starter thread needs the GIL for a moment at each of its many
-    steps, and a CPU-bound caller hands it over only every switch interval
-    (5 ms): 0.5 ms while any pool starts, or the start takes many times
-    longer. Counted, so that calls starting pools at once restore the user's
-    value."""
-    global _switching, _user_interval
-    with _switching_lock:
-        if on:
-            if _switching == 0:
-                _user_interval = sys.getswitchinterval()
-                sys.setswitchinterval(min(_user_interval, 0.0005))
-            _switching += 1
-        else:
-            _switching -= 1
-            if _switching == 0:
-                sys.setswitchinterval(_user_interval)
+        switch_often(False)

@@ -63,12 +63,13 @@ class PoolCost:
     overlap: bool = False
 
 
-def pool_cost(options: Options, workers: int, warm: bool) -> PoolCost:
-    """What a process pool would cost a call (``warm``: one waits already)."""
+def pool_cost(options: Options, workers: int, warm: bool, server_coming: bool = False) -> PoolCost:
+    """What a process pool would cost a call (``warm``: one waits already;
+    ``server_coming``: a head start is starting the fork server)."""
     startup, overlap = 0.0, False
     if not warm:
         method = options.start_method or _cpu.planning_start_method()
-        startup = _costs.startup_estimate(method, workers)
+        startup = _costs.startup_estimate(method, workers, server_coming)
         overlap = method != "fork"  # only a pool that does not fork the caller
     return PoolCost(workers, startup, options.worker_source() if workers == 1 else "", overlap)
 
@@ -178,6 +179,10 @@ class Probe:
         if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
+
+    def parallel(self, seen: int) -> bool:
+        """Whether the verdict after ``seen`` items would be a pool."""
+        return self.verdict(seen).serial_more is not None
 
     def verdict(self, seen: int) -> Verdict:
         cost = self.per_item()

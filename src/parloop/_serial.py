@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from ._headstart import HeadStart
 from ._input import Input
 from ._planner import PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
@@ -35,6 +36,10 @@ class SerialLoop:
         self.responsive = responsive
         self.sink = sink if not responsive else None
         self.unpicklable: BaseException | None = None  # what the probe found
+        self.verdict: Verdict | None = None
+        self.head_started = False  # a head start took the items after the first
+        self.first_seconds = 0.0
+        self.per_item = 0.0  # the probe's median, when a head start ended it
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None)."""
@@ -117,14 +122,30 @@ class SerialLoop:
         self.source.index = start + len(chunk)
         return batch, None
 
-    def probe(self, pool: Callable[[], PoolCost]) -> Iterator[list[Any]]:
+    def probe(self, pool: Callable[[], PoolCost], head: HeadStart | None = None
+              ) -> Iterator[list[Any]]:
         """Run items here, timed, until the planner has seen enough; its
-        verdict is then ``self.verdict``."""
+        verdict is then ``self.verdict``. With ``head``, a head start armed
+        around the first item: when it fires, the items after the first are
+        taken through it, and once its pool has taken the next ones the
+        probe ends with ``head_started`` set and no verdict."""
         probe = Probe(self.source.total, pool)
         call, source, sink, clock = self.call, self.source, self.sink, time.perf_counter
-        for item in source.iterator:
+        self.verdict = None
+        while True:
             index = source.index
-            source.index += 1
+            taken = head.take(source) if head is not None and index > 0 else source.take(1)
+            if taken is None:  # the head start's pool has the next items
+                self.head_started = True
+                break
+            batch, error = taken
+            if error is not None:
+                raise error
+            if not batch:
+                break
+            item = batch[0]
+            if head is not None and index == 0:
+                head.arm()
             began = clock()
             try:
                 result = call(item)
@@ -134,13 +155,23 @@ class SerialLoop:
             self.stats.note_item(probe.times[-1], index)
             if index == 0:
                 probe.keep_first(item, result)
+                if head is not None and not head.settle():
+                    head = None  # it did not fire: the item was quick
             if sink is not None:
                 sink.append(result)
             else:
                 yield [result]
-            if probe.done(source.index):
-                break
-        self.verdict: Verdict = probe.verdict(source.index)
+            if probe.done(source.index) and not (
+                    head is not None and not head.closed and probe.parallel(source.index)):
+                break  # with a head start's pool to come, the caller runs items until it is up
+        if head is not None and not self.head_started and head.close() is not None:
+            self.head_started = True  # it took items just now
+        self.first_seconds = probe.times[0] if probe.times else 0.0
+        if self.head_started:
+            self.unpicklable = None
+            self.per_item = sorted(probe.times)[len(probe.times) // 2]
+            return
+        self.verdict = probe.verdict(source.index)
         self.unpicklable = probe.unsendable
 
 

@@ -208,6 +208,13 @@ def _name_process(name: str) -> None:
 
 def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
     """Entry point of a worker process."""
+    try:
+        _serve(conn, status, threads, idle_timeout)
+    except (BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the caller closed its end (it shut the pool, or exited): nothing to tell
+
+
+def _serve(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the caller's to handle
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked by the caller at start
     # A call made here runs serially, and ignores a block this process

@@ -1,0 +1,254 @@
+"""A first item that runs long starts the pool early, while it still runs.
+
+Before a function's first call has measured anything, the probe runs the
+first item in the caller. When that item is still running PREPARE_AFTER
+(50 ms) in, a thread starts the fork server; when it is still running
+HEAD_START (0.1 s) in, it is heavy, and so, most likely, are the others:
+waiting for it to finish before starting a pool would lose up to its whole
+time (all of it, for a call of two items). So the thread leases a pool that
+does not fork the caller and, once it is up, sends it the next items. The
+caller meanwhile goes on with the probe, item by item, and hands the rest of
+the call to the pool as soon as the pool has taken items; if the input runs
+out first, the caller never waited for the pool at all. This is ski rental
+over time: renting (running here) until what has been spent says that
+buying (a pool) pays. Buying costs the caller no wait, but on few cores the
+fork server's start (~0.1 s of CPU) slows the caller's item, which is why
+items shorter than 50 ms are left to the probe, whose fork pool (when the
+caller has no threads) starts in ~10 ms.
+
+Only for inputs that can be read without running user code (a list, tuple
+or range), so that the thread never drives the user's iterator, and only
+when nothing about the function is known yet.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import _costs, _scope
+from ._pickling import explain_item, explain_unpicklable
+from .backends.base import Chunk, Job
+
+if TYPE_CHECKING:
+    from ._input import Input
+    from ._options import Options
+
+__all__ = ["HEAD_START", "HeadStart", "arrange", "switch_often"]
+
+#: seconds a first item must run before the pool is started beside it (at
+#: least, and at least HEAD_FRACTION of a spawn pool's estimated start-up):
+#: measured on 2 cores, an 8 x 50 ms call ran 0.38 s without a head start
+#: and 0.45 s with one fired at 20 ms, while 2 x 1 s gained ~0.8 s either way
+HEAD_START = 0.1
+HEAD_FRACTION = 0.25
+#: seconds into the first item at which the fork server is started, so that
+#: it is nearly up (~0.1 s later) by the time the pool is wanted
+PREPARE_AFTER = 0.05
+#: seconds the interpreter's exit waits for a pool a head start is starting
+EXIT_WAIT = 30.0
+
+
+class HeadStart:
+    """The caller arms it as its first item begins. Unless the caller closes
+    it first, its thread calls ``prepare()`` (the fork server starts) after
+    PREPARE_AFTER seconds, and after ``after`` seconds leases a pool
+    (``start()``); then, under ``lock``, ``send(lease)`` takes the next
+    items from the input and submits them, returning the chunks sent. The
+    caller meanwhile goes on running items itself, each taken through
+    ``take()`` (under the same lock), until the pool has taken over: it
+    never waits for a pool that is still starting, and no item runs twice."""
+
+    def __init__(self, prepare: Callable[[], None], start: Callable[[], _scope.Lease],
+                 send: Callable[[_scope.Lease], list[Chunk]], after: float) -> None:
+        self._prepare, self._start, self._send = prepare, start, send
+        self.lock = threading.Lock()
+        self.after = after
+        self.closed = False  # the caller wants nothing more from it
+        self.fired_at: float | None = None  # seconds into the first item
+        self.lease: _scope.Lease | None = None  # set once items were sent to it
+        self.sent: list[Chunk] = []
+        self.error: BaseException | None = None  # the pool could not start
+        self._wake = threading.Event()  # set by close()
+        self.busy = False  # the fork server was started (or is starting)
+        self._working = False  # in a step: close() does not wait for it
+        self._thread = threading.Thread(target=self._main, name="parloop-head-start",
+                                        daemon=True)
+        self._began = 0.0
+
+    def arm(self) -> None:
+        """(Caller.) The first item starts now."""
+        self._began = time.perf_counter()
+        with _live_lock:
+            _live.add(self._thread)
+        self._thread.start()
+
+    def settle(self) -> bool:
+        """(Caller, after the first item.) Whether it fired; when not, it is
+        closed."""
+        with self.lock:
+            if self.fired_at is not None:
+                return True
+        self.close()
+        return False
+
+    def take(self, source: Input) -> tuple[list[Any], BaseException | None] | None:
+        """(Caller.) The next item from ``source``, as ``source.take(1)``, or
+        None once the pool has taken the items after those the caller ran."""
+        with self.lock:
+            return None if self.sent else source.take(1)
+
+    def close(self) -> _scope.Lease | None:
+        """(Caller.) It is no longer wanted: the lease when the pool has
+        taken items (the caller waits for them there), else None. A pool
+        still starting is given back by its thread once it is up."""
+        with self.lock:
+            self.closed = True
+            working = self._working
+            if self.sent:
+                return self.lease
+        self._wake.set()
+        if not working and self._thread.ident is not None:
+            # Waiting, so it ends at once. Join it, so that no thread is left
+            # running (it would make the next pool avoid fork).
+            self._thread.join()
+        return None
+
+    def _step(self, wait: float, step: Callable[[], None]) -> bool:
+        """(Its thread.) Wait ``wait`` seconds, then run ``step``, unless
+        the caller has closed it by then; whether it ran."""
+        if self._wake.wait(max(0.0, wait)):
+            return False
+        with self.lock:
+            if self.closed:
+                return False
+            self._working = True
+        switch_often(True)  # its many small steps, against a CPU-bound caller
+        try:
+            step()
+        finally:
+            switch_often(False)
+            with self.lock:
+                self._working = False
+        return True
+
+    def _main(self) -> None:
+        try:
+            if self._step(PREPARE_AFTER, self._begin):
+                self._step(self.after - (time.perf_counter() - self._began), self._fire)
+        except BaseException as exc:  # the caller goes on alone
+            self.error = exc
+            with self.lock:
+                self.closed = True
+        finally:
+            with _live_lock:
+                _live.discard(self._thread)
+
+    def _begin(self) -> None:
+        self.busy = True
+        self._prepare()
+
+    def _fire(self) -> None:
+        self.fired_at = time.perf_counter() - self._began
+        lease = self._start()
+        with self.lock:
+            if not self.closed:
+                self.sent = self._send(lease)
+                if self.sent:
+                    self.lease = lease
+                    return
+                self.closed = True  # nothing it could send: the caller goes on alone
+        lease.release()
+
+
+_live_lock = threading.Lock()
+_live: set[threading.Thread] = set()  # head-start timers armed and not yet done
+
+
+@atexit.register
+def _finish() -> None:
+    """A pool a head start is still starting when the interpreter exits is
+    let finish, so that it is shut down in order (this runs before the
+    pools are closed: atexit calls run last registered, first)."""
+    with _live_lock:
+        timers = list(_live)
+    for timer in timers:
+        timer.join(EXIT_WAIT)
+
+
+def arrange(job: Job, source: Input, options: Options, block: _scope.Block | None,
+            workers: Callable[[], int]) -> HeadStart | None:
+    """A head start for a call, or None when it may not have one (see the
+    module docstring): its input must be a sequence of two items or more,
+    nothing forces the plan, and the pool must not fork the caller (it
+    starts from a thread while the caller runs the user's code)."""
+    if options.backend != "auto" or options.start_method == "fork" or options.workers == 1 \
+            or os.environ.get("PARLOOP_HEAD_START") == "0" \
+            or source.sequence is None or (source.total or 0) < 2 or source.index != 0:
+        return None
+    count = workers()
+    if count < 2:
+        return None
+
+    def prepare() -> None:
+        _scope.prepare("process", options)
+
+    def start() -> _scope.Lease:
+        problem = explain_unpicklable(job.fn, job.args, job.kwargs, job.star)
+        if problem is not None:
+            raise problem  # no pool: the caller's probe finds it too, and says so
+        return _scope.lease("process", count, options, block)
+
+    def send(lease: _scope.Lease) -> list[Chunk]:
+        chunks: list[Chunk] = []
+        # One item per worker but one: the caller is still busy with an item
+        # of its own, and a third CPU-bound process on two cores would slow
+        # all three (the first item ran 1.2 s instead of 1.0 s here).
+        while len(chunks) < max(1, count - 1) and source.remaining:
+            begin = source.index
+            items, _ = source.take(1)  # a list, tuple or range: it cannot raise
+            if explain_item(begin, items[0]) is not None:
+                source.give_back(items)
+                break
+            chunks.append(Chunk(job, begin, items))
+        if chunks:
+            lease.backend.start_job(job)
+            for chunk in chunks:
+                lease.backend.submit(chunk)
+        return chunks
+
+    # Started from a thread, the pool uses the fork server, started early
+    # (PREPARE_AFTER), or spawn if asked for, whose start is the slowest.
+    method = options.start_method or "forkserver"
+    startup = 0.0 if method == "forkserver" or _scope.is_warm("process", count, options, block) \
+        else _costs.startup_estimate(method, count)
+    return HeadStart(prepare, start, send, max(HEAD_START, HEAD_FRACTION * startup))
+
+
+_switching_lock = threading.Lock()
+_switching = 0  # calls with a pool starting now
+_user_interval = 0.0  # the switch interval to restore after them
+
+
+def switch_often(on: bool) -> None:
+    """A pool's starter thread needs the GIL for a moment at each of its many
+    steps, and a CPU-bound caller hands it over only every switch interval
+    (5 ms): 0.5 ms while any pool starts, or the start takes many times
+    longer. Counted, so that calls starting pools at once restore the user's
+    value."""
+    global _switching, _user_interval
+    with _switching_lock:
+        if on:
+            if _switching == 0:
+                _user_interval = sys.getswitchinterval()
+                sys.setswitchinterval(min(_user_interval, 0.0005))
+            _switching += 1
+        else:
+            _switching -= 1
+            if _switching == 0:
+                sys.setswitchinterval(_user_interval)
