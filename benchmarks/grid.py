@@ -29,6 +29,7 @@ class Cell:
     # cold runs time the library's import too, for every runner (a one-off
     # script pays it); target: within 1.15x of the best, cold
     import_timed: bool = False
+    env: tuple[tuple[str, str], ...] = ()  # set for every runner's interpreter
 
     @property
     def serial_estimate(self) -> float:
@@ -56,6 +57,19 @@ def _first(items: int, cost: float) -> Cell:
     before the import of the library to the results."""
     return Cell(f"{items} × {_seconds(cost)}, first call, import timed", "spin", items, cost,
                 import_timed=True)
+
+
+ONE_BLAS_THREAD = tuple((name, "1") for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                   "MKL_NUM_THREADS"))
+#: the commonest CPU-heavy Python, which runs in C with the GIL released
+NATIVE: list[Cell] = [
+    Cell("64 × zlib.compress of 1 MB", "zlib", 64, 30e-3, "text", 10**6),
+    Cell("64 × sha256 of 1 MB", "sha256", 64, 1e-3, "text", 10**6),
+    Cell("64 × NumPy 300×300 a @ a.T, 1 BLAS thread", "matmul", 64, 1e-3, "matrix",
+         env=ONE_BLAS_THREAD),
+    Cell("64 × NumPy 300×300 a @ a.T, default BLAS threads", "matmul", 64, 1e-3, "matrix"),
+    Cell("64 × sleep 10 ms (I/O-bound)", "sleep", 64, 10e-3),
+]
 
 
 def _count(n: int) -> str:
@@ -101,6 +115,7 @@ FULL: list[Cell] = [
     _first(2, 1.0),
     _first(4, 0.5),
     _first(8, 50e-3),
+    *NATIVE,
 ]
 
 QUICK: list[Cell] = [
@@ -111,4 +126,6 @@ QUICK: list[Cell] = [
     _spin(4, 1e-6, "numpy", 10**7),
     Cell("256 × 1 ms, 1 in 16 100x longer (uneven)", "uneven", 256, 1e-3, cpu_heavy=True),
     _first(4, 0.5),
+    NATIVE[1],
+    NATIVE[4],
 ]

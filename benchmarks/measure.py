@@ -86,6 +86,7 @@ def run_child(spec: dict[str, Any], run_limit: float, into: Measurement) -> None
     # PYTHONDONTWRITEBYTECODE) parloop, installed from source, would compile
     # its modules on every import while the peers' caches came with them.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env.update(spec.get("env", {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     born = time.monotonic()
     finished = None

@@ -137,7 +137,7 @@ def plot(cells: list[dict[str, Any]], path: str) -> None:
 
     figure, axes = plt.subplots(2, 1, figsize=(max(10, 0.75 * len(cells) + 4), 10), sharex=True)
     offsets = {name: (i - (len(RUNNERS) - 1) / 2) * 0.1 for i, name in enumerate(RUNNERS)}
-    markers = dict(zip(RUNNERS, "osD^vP", strict=True))
+    markers = dict(zip(RUNNERS, "osD^vXP", strict=True))
     for axis, mode in zip(axes, ("cold", "warm"), strict=True):
         for name in RUNNERS:
             xs, ys, capped_x, capped_y = [], [], [], []

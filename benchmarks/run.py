@@ -99,7 +99,7 @@ def run_cell(cell: Cell, repeats: int, per_step: float, fixed: float,
     iterations = iterations_for(cell.cost, per_step, fixed) if cell.work != "square" else 0
     spec = {"work": cell.work, "iterations": iterations, "payload": cell.payload,
             "size": cell.size, "items": cell.items, "warmup": min(cell.items, 4 * cores),
-            "import_timed": cell.import_timed}
+            "import_timed": cell.import_timed, "env": dict(cell.env)}
     names = ("parloop", *PEERS)
     loop = Measurement()
     cold = {name: Measurement() for name in names}

@@ -129,6 +129,34 @@ class ExecutorRunner(Runner):
         self._executor.shutdown()
 
 
+class ThreadsRunner(Runner):
+    """``concurrent.futures.ThreadPoolExecutor().map`` (its default
+    ``min(32, cpus + 4)`` threads, chunksize 1): the peer that wins when the
+    function releases the GIL."""
+
+    name = "threads"
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._new_executor = ThreadPoolExecutor
+        self._executor: Any = None
+
+    def cold(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
+        with self._new_executor() as executor:
+            return list(executor.map(fn, items)), {}
+
+    def open(self, fn: Callable[[Any], Any], warmup: list[Any]) -> None:
+        self._executor = self._new_executor()
+        list(self._executor.map(fn, warmup))
+
+    def again(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
+        return list(self._executor.map(fn, items)), {}
+
+    def close(self) -> None:
+        self._executor.shutdown()
+
+
 class JoblibRunner(Runner):
     """``Parallel(n_jobs=-1)(delayed(fn)(x) for x in items)``. Warm: the same
     call again, which reuses the loky executor the first one left running."""
@@ -175,6 +203,7 @@ class MpireRunner(Runner):
 
 RUNNERS: dict[str, type[Runner]] = {
     runner.name: runner
-    for runner in (Runner, ParloopRunner, PoolRunner, ExecutorRunner, JoblibRunner, MpireRunner)
+    for runner in (Runner, ParloopRunner, PoolRunner, ExecutorRunner, ThreadsRunner,
+                   JoblibRunner, MpireRunner)
 }
-PEERS = ("Pool", "PPE", "joblib", "mpire")
+PEERS = ("Pool", "PPE", "threads", "joblib", "mpire")

@@ -8,8 +8,10 @@ forkserver re-import this module in their workers by name.
 from __future__ import annotations
 
 import functools
+import hashlib
 import statistics
 import time
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -35,12 +37,38 @@ def spin_uneven(iterations: int, item: int) -> int:
     return spin(iterations * (100 if item % 16 == 0 else 1), item)
 
 
+def compressed_size(data: bytes) -> int:
+    """zlib at its default level: C code that releases the GIL on big buffers."""
+    return len(zlib.compress(data))
+
+
+def digest(data: bytes) -> str:
+    """sha256: releases the GIL on buffers over 2 KiB."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def gram(matrix: Any) -> float:
+    """One BLAS matrix product (NumPy releases the GIL inside BLAS)."""
+    return float((matrix @ matrix.T)[0, 0])
+
+
+def nap(item: Any) -> Any:
+    """I/O-bound work, as the CPU sees it: 10 ms of waiting."""
+    time.sleep(0.01)
+    return item
+
+
+NATIVE = {"zlib": compressed_size, "sha256": digest, "matmul": gram, "sleep": nap}
+
+
 def per_item_function(work: str, iterations: int) -> Callable[[Any], Any]:
-    """The callable a cell maps over its items: ``square``, or a bound
-    ``spin`` or ``spin_uneven``. A ``functools.partial`` of a module-level
-    function pickles by reference."""
+    """The callable a cell maps over its items: ``square``, one of
+    ``NATIVE``, or a bound ``spin`` or ``spin_uneven``. A
+    ``functools.partial`` of a module-level function pickles by reference."""
     if work == "square":
         return square
+    if work in NATIVE:
+        return NATIVE[work]
     if work == "uneven":
         return functools.partial(spin_uneven, iterations)
     return functools.partial(spin, iterations)
@@ -53,6 +81,13 @@ def make_items(payload: str, count: int, size: int) -> list[Any]:
         return list(range(count))
     if payload == "bytes":
         return [index.to_bytes(8, "little") * max(1, size // 8) for index in range(count)]
+    if payload == "text":  # compressible, like logs or CSV: digits, commas, spaces
+        return [str(list(range(index * 1000, index * 1000 + size // 6))).encode()[:size]
+                for index in range(count)]
+    if payload == "matrix":
+        import numpy
+
+        return [numpy.random.default_rng(index).random((300, 300)) for index in range(count)]
     if payload == "numpy":
         import numpy  # only cells that need it import it: it starts BLAS threads
 

@@ -156,13 +156,16 @@ def test_the_margin_favours_the_loop_when_the_pool_only_just_wins() -> None:
 
 
 def test_history_skips_the_probe_only_for_heavy_items_and_a_known_count() -> None:
-    assert from_history(None, 0.01, lambda: pool()) is None  # a generator: probe
-    assert from_history(100, 1e-6, never_asked) is None  # light: probe
-    assert from_history(100, None, never_asked) is None  # no history
-    assert from_history(2, 0.01, lambda: pool(2, startup=1.0)) is None  # start dominates
-    verdict = from_history(100, 0.01, lambda: pool(2, 0.0))
+    heavy = {"process": 0.01}  # as a pool's workers measured it
+    assert from_history(None, heavy, lambda: pool()) is None  # a generator: probe
+    assert from_history(100, {"process": 1e-6}, never_asked) is None  # light: probe
+    assert from_history(100, {}, never_asked) is None  # no history
+    assert from_history(100, {"serial": 0.01}, never_asked) is None  # no worker measured it
+    assert from_history(2, heavy, lambda: pool(2, startup=1.0)) is None  # start dominates
+    verdict = from_history(100, heavy, lambda: pool(2, 0.0))
     assert verdict is not None and verdict.serial_more == 0
-    assert str(verdict.reason).startswith("no probe: the previous call measured ~10 ms per item")
+    assert str(verdict.reason).startswith(
+        "no probe: the workers of an earlier call measured ~10 ms per item")
 
 
 def _nap(seconds: float) -> float:  # only this test calls it: its history starts empty
@@ -172,7 +175,7 @@ def _nap(seconds: float) -> float:  # only this test calls it: its history start
 
 @pytest.mark.timeout(60)
 def test_a_second_call_of_heavy_work_starts_every_worker_at_once() -> None:
-    fn = parallel_for(_nap, workers=2)
+    fn = parallel_for(_nap, workers=2, thread_safe=False)  # sleeps would go to threads
     assert fn([0.02] * 40) == [0.02] * 40
     first = fn.last_plan
     assert first is not None and first.backend == "process"

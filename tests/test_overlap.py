@@ -35,7 +35,7 @@ def _slow_start(monkeypatch: pytest.MonkeyPatch, delay: float) -> None:
 @pytest.mark.timeout(60)
 def test_the_caller_runs_items_while_the_pool_starts(monkeypatch: pytest.MonkeyPatch) -> None:
     _slow_start(monkeypatch, 0.3)
-    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver", thread_safe=False)
     pids = fn([0.01] * 150)
     plan = fn.last_plan
     assert plan is not None and plan.backend == "process"

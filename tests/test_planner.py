@@ -26,7 +26,7 @@ def test_tiny_work_runs_serially_and_says_why() -> None:
 
 @pytest.mark.timeout(60)
 def test_heavy_work_goes_to_processes() -> None:
-    fn = parallel_for(sleep_then, workers=2)
+    fn = parallel_for(sleep_then, workers=2, thread_safe=False)  # sleeps would go to threads
     # Enough items that a pool wins even when this process has measured a slow
     # fork server start (~0.4 s under load, after the suite's earlier tests).
     assert fn([0.05] * 24) == [0.05] * 24
@@ -110,7 +110,7 @@ def test_the_fallback_warning_points_at_the_users_line_in_every_form() -> None:
 
 @pytest.mark.timeout(60)
 def test_every_item_runs_exactly_once_across_probe_and_pool(tmp_path: Path) -> None:
-    fn = parallel_for(_mark, workers=2)
+    fn = parallel_for(_mark, workers=2, thread_safe=False)
     n = 40
     assert fn([(tmp_path, i) for i in range(n)]) == list(range(n))
     assert fn.last_plan is not None and fn.last_plan.backend == "process"

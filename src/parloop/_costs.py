@@ -130,21 +130,28 @@ def clock_cost(clock: Callable[[], float]) -> float:
 
 # -- each function's history ---------------------------------------------------------------
 
-_history: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+# Per function, seconds per item as measured on each side that ran it: the
+# caller ("serial") and a pool's workers ("process", "thread", ...). Kept
+# apart: a NumPy item that takes 1 ms in the caller, where BLAS has every
+# core, takes 7 ms in a worker capped at one BLAS thread, and either number
+# would mislead the other side's projection.
+_history: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
 
 
 def _history_key(fn: Any) -> Any:
     return getattr(fn, "__func__", fn)  # a bound method is a new object on every access
 
 
-def remember(fn: Any, per_item: float) -> None:
-    """Keep the seconds per item a call of ``fn`` measured, while ``fn`` lives."""
+def remember(fn: Any, per_item: float, side: str = "serial") -> None:
+    """Keep the seconds per item a call of ``fn`` measured on ``side`` (the
+    caller: "serial"; else the backend whose workers measured it)."""
     with contextlib.suppress(TypeError):  # not weakly referenceable (a builtin): no history
-        _history[_history_key(fn)] = per_item
+        _history.setdefault(_history_key(fn), {})[side] = per_item
 
 
-def recall(fn: Any) -> float | None:
+def recall(fn: Any) -> dict[str, float]:
+    """What earlier calls of ``fn`` measured, by side (empty: nothing yet)."""
     try:
-        return _history.get(_history_key(fn))
+        return dict(_history.get(_history_key(fn), {}))
     except TypeError:
-        return None
+        return {}

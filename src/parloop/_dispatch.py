@@ -109,6 +109,7 @@ class _Call:
         self.pool: _planner.PoolCost | None = None  # once the planner has asked
         self.abort: threading.Event | None = None
         self.head: HeadStart | None = None
+        self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self._workers: int | None = None
 
     @property
@@ -152,6 +153,10 @@ class _Call:
                     self.workers, self.options.ordered, self.abort)
         if self.head is not None and self.loop.head_started:
             flow.adopt(self.head.sent)
+        if self.options.backend == "auto" and self.stats.caller_per_item:
+            flow.serial_cost = self.stats.caller_per_item
+            if plan.backend == "process" and not self.loop.head_started:
+                flow.prove(_run_here(self.job.caller()))
         broken = False
         try:
             yield from flow.run()
@@ -161,14 +166,19 @@ class _Call:
             raise
         finally:
             lease.release(broken)
+        if flow.retreated and self.source.peek():
+            self._retreat(sizer.per_item or 0.0)
+            yield from self.loop.run()
 
     def _auto(self) -> Iterator[list[Any]]:
         """Probe (unless the function's previous call already decides), then
         choose serial or process."""
         plan = self.plan
-        verdict = _planner.from_history(self.source.total, _costs.recall(self.job.fn),
-                                        self._pool_cost)
+        history = self.history = _costs.recall(self.job.fn)
+        verdict = _planner.from_history(self.source.total, history, self._pool_cost)
+        self.stats.caller_per_item = history.get("serial")
         if verdict is None:
+            self.loop.threads, self.loop.history = self.options.thread_safe, history
             self.head = arrange(self.job, self.source, self.options, self.block,
                                 lambda: self.workers)
             yield from self.loop.probe(self._pool_cost, self.head)
@@ -177,8 +187,14 @@ class _Call:
                 return
             verdict = self.loop.verdict
             assert verdict is not None
+            self.stats.caller_per_item, self.stats.probed = verdict.per_item, True
+            if self.loop.trial_speedup is not None:
+                _costs.remember(self.job.fn, self.loop.trial_speedup, "trial")
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
         if verdict.serial_more is None:
+            return
+        if verdict.backend == "thread":
+            plan.backend, self._workers = "thread", verdict.workers
             return
         if verdict.serial_more:
             yield from self.loop.run(verdict.serial_more)
@@ -192,6 +208,15 @@ class _Call:
                  "make it picklable.", ParloopWarning)
             return
         plan.backend = "process"
+
+    def _retreat(self, worker_cost: float) -> None:
+        """The workers ran items slower than the caller: it runs the rest."""
+        plan, why, here = self.plan, self.plan.why, self.stats.caller_per_item or 0.0
+        left, workers = self.source.remaining, self.workers
+        plan.reason = lambda: (
+            f"{why}; but the workers measured ~{format_seconds(worker_cost)} per item, slower "
+            f"on {workers} than ~{format_seconds(here)} here: ran the last "
+            f"{left if left is not None else 'items'} here")
 
     def _headed(self) -> None:
         """The first item ran long enough that a pool was started beside it,
@@ -224,7 +249,7 @@ class _Call:
         name, workers, options = self.plan.backend, self.workers, self.options
         if self.head is not None and self.loop.head_started:
             return cast(_scope.Lease, self.head.lease)
-        if self.pool is None or not self.pool.overlap:
+        if self.pool is None or not self.pool.overlap or name != "process":
             return _scope.lease(name, workers, options, self.block)
         _scope.prepare(name, options)  # what must happen in this thread first
         lease = yield from start_while_working(
@@ -249,6 +274,15 @@ class _Call:
         job, first = self.job, self.source.peek()
         return explain_unpicklable(job.fn, job.args, job.kwargs, job.star) or \
             (explain_item(self.source.index, self.source.ahead) if first else None)
+
+
+def _run_here(call: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, Exception | None]]:
+    def run(item: Any) -> tuple[Any, Exception | None]:
+        try:
+            return call(item), None
+        except Exception as exc:  # settled by the flow, as a worker's would be
+            return None, exc
+    return run
 
 
 def _name(fn: Callable[..., Any]) -> str:

@@ -36,6 +36,7 @@ class CommonOptions(TypedDict, total=False):
     client: Any
     address: str | None
     max_items_per_worker: int | None
+    thread_safe: bool
 
 
 @overload

@@ -4,8 +4,10 @@ a backend, retries, and results put back in input order."""
 from __future__ import annotations
 
 import bisect
+import math
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ._input import Input
@@ -20,6 +22,11 @@ __all__ = ["Flow"]
 
 _HOLE = object()  # a result slot waiting for its item's retry
 ABORT_CHECK_SECONDS = 0.05
+RETREAT = 1.25  # the pool's seconds per item over the caller's that send the rest back
+RETREAT_AFTER = 3  # items the workers must have reported first
+PROVE_SECONDS = 0.002  # a first chunk's work (the caller's measure) while the pool is unproven
+PROVE_POLL = 0.0002  # seconds to look for the workers' reports between items run here
+HERE = "caller"  # the worker name of items the caller ran itself
 
 
 class Flow:
@@ -51,6 +58,26 @@ class Flow:
         self.held: dict[int, Outcome] = {}  # ordered: outcomes waiting for earlier ones
         self.next_out = source.index
         self.failure: tuple[int, BaseException] | None = None  # ordered: raise on reaching it
+        #: auto only: the caller's seconds per item. If the workers' own reports
+        #: say the pool runs items slower than the caller alone would (BLAS
+        #: capped in workers, a cold cache, another OMP_NUM_THREADS), no more
+        #: chunks are sent, and ``retreated`` tells the caller to run the rest.
+        self.serial_cost: float | None = None
+        self.retreated = False
+        self._workers = workers
+        #: set by prove(): until the workers have reported, the caller runs
+        #: items itself while it waits, through this
+        self._run_here: Callable[[Any], tuple[Any, Exception | None]] | None = None
+
+    def prove(self, run_here: Callable[[Any], tuple[Any, Exception | None]]) -> None:
+        """The pool has not shown its speed on this function yet: send each
+        worker one small chunk (PROVE_SECONDS of the caller's work), and
+        until they have reported, run items here (``run_here(item)`` gives
+        ``(result, exception)``) instead of waiting. Then either go on as
+        usual or, if the workers are slower (see ``_weigh``), retreat: at
+        most a chunk per worker was lost to them."""
+        self._run_here = run_here
+        self.window = self._workers
 
     def adopt(self, chunks: list[Chunk]) -> None:
         """Chunks of this call already sent to the backend (a head start),
@@ -73,7 +100,14 @@ class Flow:
                 self.fill()
                 if self.in_flight == 0:
                     break
-                for outcome in backend.wait(self.job, timeout):
+                if self._run_here is not None and not self.exhausted:
+                    outcomes = backend.wait(self.job, PROVE_POLL)
+                    if not outcomes:
+                        yield from self._one_here()
+                        continue
+                else:
+                    outcomes = backend.wait(self.job, timeout)
+                for outcome in outcomes:
                     yield from self.receive(outcome)
                 if self.abort is not None and self.abort.is_set():
                     raise GeneratorExit  # as a closed iterator would: cancel, quietly
@@ -94,6 +128,8 @@ class Flow:
         source = self.source
         while not self.exhausted and len(self.chunks) < self.window:
             size = self.sizer.next(source.remaining)
+            if self._run_here is not None and self.serial_cost:
+                size = min(size, max(1, math.ceil(PROVE_SECONDS / self.serial_cost)))
             start = source.index
             taken, error = source.take(size)
             if error is not None:  # the input itself failed: finish what was read first
@@ -105,6 +141,33 @@ class Flow:
                 self.starts.append(start)  # inputs are read in order: stays sorted
                 self.chunks[start] = (taken, [len(taken)])
 
+    def _one_here(self) -> Iterator[list[Any]]:
+        """(Proving.) One item run in the caller, accounted as an outcome."""
+        assert self._run_here is not None
+        start = self.source.index
+        taken, error = self.source.take(1)
+        if error is not None:
+            self.input_error, self.exhausted = error, True
+        if not taken:
+            self.exhausted = True
+            return
+        self.starts.append(start)
+        self.chunks[start] = (taken, [1])
+        self.in_flight += 1
+        began = time.perf_counter()
+        value, exc = self._run_here(taken[0])
+        busy = time.perf_counter() - began
+        yield from self.receive(Outcome(self.job.id, start, [value], {start: exc} if exc else {},
+                                        busy, HERE, (busy, start)))
+
+    def _weigh(self) -> None:
+        """Stop sending when the workers, by their own measure, are slower
+        together than the caller alone (by RETREAT)."""
+        seen, per_item = self.sizer.observed, self.sizer.per_item
+        if seen >= RETREAT_AFTER and per_item is not None and self.serial_cost is not None \
+                and per_item / self._workers > RETREAT * self.serial_cost:
+            self.exhausted = self.retreated = True
+
     def _submit(self, chunk: Chunk) -> None:
         self.backend.submit(chunk)
         self.in_flight += len(chunk.items)
@@ -112,7 +175,12 @@ class Flow:
     def receive(self, outcome: Outcome) -> Iterator[list[Any]]:
         """Account for ``outcome``; yield whatever results it makes ready."""
         self.in_flight -= len(outcome.values)
-        self.sizer.observe(len(outcome.values), outcome.busy)
+        if outcome.worker != HERE:  # the caller's own items say nothing of the workers
+            self.sizer.observe(len(outcome.values), outcome.busy)
+            if self.serial_cost is not None and not self.exhausted:
+                self._weigh()
+            if self._run_here is not None and self.sizer.observed >= RETREAT_AFTER:
+                self._run_here, self.window = None, 2 * self._workers  # proven
         self.job.item_seconds = self.sizer.per_item
         self.stats.account(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None

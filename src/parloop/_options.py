@@ -25,6 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": None, "backend": "auto", "ordered": True, "chunksize": None, "timeout": None,
     "errors": "raise", "star": False, "progress": False, "start_method": None, "retries": 0,
     "retry_on": (), "client": None, "address": None, "max_items_per_worker": None,
+    "thread_safe": True,
 }
 NAMES = tuple(DEFAULTS)
 
@@ -47,6 +48,7 @@ class Options:
     client: Any
     address: str | None
     max_items_per_worker: int | None
+    thread_safe: bool
 
     def __init__(self, **given: Any) -> None:
         for name, default in DEFAULTS.items():
@@ -110,7 +112,7 @@ def _check(name: str, value: Any) -> None:
         if value not in BACKENDS:
             raise ValueError(f"parallel_for option 'backend' must be one of {BACKENDS}, "
                              f"got {value!r}")
-    elif name in ("ordered", "star"):
+    elif name in ("ordered", "star", "thread_safe"):
         if not isinstance(value, bool):
             raise wrong("True or False")
     elif name == "chunksize":

@@ -32,21 +32,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _costs, _cpu, _role
+from . import _costs, _cpu, _role, _threads
+from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
 from ._options import Options
 from ._plan import Reason, format_seconds
 
-__all__ = ["ChunkSizer", "PoolCost", "Probe", "Verdict", "from_history", "pool_cost",
-           "projections", "static_choice"]
+__all__ = ["CHUNK_SECONDS", "MIN_CHUNK_SECONDS", "ChunkSizer", "PoolCost", "Probe", "Verdict",
+           "from_history", "pool_cost", "projections", "static_choice"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
 CLEAR_WIN = 1.5  # stop probing early once one side wins by this factor
-CHUNK_SECONDS = 0.02  # target duration of one chunk: amortises a ~0.1 ms round trip
-MIN_CHUNK_SECONDS = 0.002  # the shortest chunk worth a round trip, even at the tail
 LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
 MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
+THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is held
+#: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
+NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
 
 
 @dataclass
@@ -79,10 +81,12 @@ class Verdict:
     (None: stay serial to the end), and why (formatted when first read)."""
 
     def __init__(self, serial_more: int | None, reason: str | Callable[[], str],
-                 per_item: float) -> None:
+                 per_item: float, backend: str = "process", workers: int | None = None) -> None:
         self.serial_more = serial_more
         self.reason = Reason(reason)
         self.per_item = per_item
+        self.backend = backend  # the pool to go to: "process" or "thread"
+        self.workers = workers  # its size, when not the usual (threads for waiting items)
 
 
 class Probe:
@@ -92,12 +96,20 @@ class Probe:
     might pay; ``clock`` is replaceable so tests can feed synthetic costs."""
 
     def __init__(self, total: int | None, pool: Callable[[], PoolCost],
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+                 clock: Callable[[], float] = time.perf_counter, *, threads: bool = False,
+                 history: dict[str, float] | None = None) -> None:
         self.total = total
         self._pool_cost = pool
         self._pool: PoolCost | None = None
         self.clock = clock
         self.times: list[float] = []
+        self.cpu: list[float] = []  # the process's CPU seconds per item (BLAS threads too)
+        self.threads = threads  # threads may be tried and chosen (thread_safe=True)
+        history = history or {}
+        self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
+        # How much slower an item ran in a worker than in the caller, as the
+        # last call that measured both saw it (a ratio: items vary by call).
+        self.worker_ratio: float | None = history.get("ratio")
         self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
         self._transfer: tuple[float, int] | None = None
         self.unsendable: BaseException | None = None
@@ -149,6 +161,45 @@ class Probe:
             median = rest[len(rest) // 2]
         return max(median - _costs.clock_cost(self.clock), median / 2)
 
+    def cores_used(self) -> float:
+        """CPUs the items kept busy in the caller, over the whole probe (more
+        than 1: BLAS or other native threads), never more than the pool's.
+        Only with a library loaded that runs native thread pools: otherwise
+        CPU time other threads spend meanwhile (idle BLAS threads spin for
+        a while after work) would count against a pure Python function."""
+        if not self.cpu or not any(name in sys.modules for name in NATIVE_POOLS):
+            return 1.0
+        wall = sum(self.times)
+        used = sum(self.cpu) / wall if wall > 0 else 1.0
+        return min(max(1.0, used), float(max(1, self.pool.workers)))
+
+    def cpu_share(self) -> float:
+        """CPU seconds per wall second of the median item (under 0.5: it mostly waits)."""
+        shares = sorted(c / t for c, t in zip(self.cpu, self.times, strict=False) if t > 0)
+        return shares[len(shares) // 2] if shares else 1.0
+
+    def pool_item_cost(self, cost: float) -> float:
+        """One item's seconds in a worker: the caller's, times the CPUs it
+        used here (a worker caps BLAS at its share of the CPUs), or times
+        how much slower workers ran the function's items before, if more."""
+        return cost * max(self.cores_used(), self.worker_ratio or 1.0)
+
+    def trial_size(self, seen: int) -> int:
+        """How many items to run on two threads at once next (0: none): only
+        when threads are allowed, not known yet, and the rest is big enough
+        for any pool to matter."""
+        if not self.threads or self.trial_speedup is not None or self.total is None:
+            return 0
+        remaining, cost = self.total - seen, self.per_item()
+        if self._too_small(remaining, cost) or self.pool.workers < 2 or cost <= 0:
+            return 0
+        size = 2 * max(1, math.ceil(_threads.TRIAL_SECONDS / cost))
+        return size if 2 * size <= remaining else 0
+
+    def note_trial(self, trial: _threads.Trial) -> None:
+        """A trial's outcome; one in which an item raised says nothing for threads."""
+        self.trial_speedup = 1.0 if trial.failed else trial.speedup(self.per_item())
+
     @staticmethod
     def _too_small(remaining: int, cost: float) -> bool:
         """Even a warm pool's fixed cost is more than running the rest here."""
@@ -175,7 +226,8 @@ class Probe:
             return elapsed >= PROBE_FLOOR
         if self._too_small(remaining, cost) or self.pool.workers == 1:
             return True
-        serial, parallel = projections(remaining, cost, self.transfer, self.pool)
+        serial, parallel = projections(remaining, cost, self.transfer, self.pool,
+                                       self.pool_item_cost(cost))
         if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
@@ -203,16 +255,47 @@ class Probe:
             if pool.workers == 1:
                 return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
             transfer = self.transfer
-            serial, parallel = projections(remaining, cost, transfer, pool)
+            worker_cost = self.pool_item_cost(cost)
+            serial, parallel = projections(remaining, cost, transfer, pool, worker_cost)
+            threads, threaded = self._threaded(remaining, cost)
 
             def numbers() -> str:
+                slower = (f", ~{format_seconds(worker_cost)}/item in a worker"
+                          if worker_cost > cost * 1.05 else "")
                 return (f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
                         f"{pool.workers} workers ≈ {format_seconds(parallel)} "
                         f"(pool start ~{format_seconds(pool.startup)}"
                         f"{', in the background' if pool.overlap else ''}, "
-                        f"transfer ~{format_seconds(transfer)}/item)")
+                        f"transfer ~{format_seconds(transfer)}/item{slower})"
+                        f"{self._threads_text(threads, threaded)}")
+            # A process pool's projection errs toward it (MARGIN); threads
+            # within that of it win: no pickling, no start, no copies.
+            if threaded is not None and threaded * MARGIN < serial \
+                    and threaded <= parallel * MARGIN:
+                return Verdict(0, numbers, cost, "thread", threads)
             return Verdict(0 if parallel * MARGIN < serial else None, numbers, cost)
         return self._unknown_length(probed, cost)
+
+    def _threaded(self, remaining: int, cost: float) -> tuple[int, float | None]:
+        """(threads, projected seconds) for the rest on a thread pool; None
+        when threads are not allowed or the trial showed no gain."""
+        speedup = self.trial_speedup
+        if not self.threads or speedup is None or speedup < THREADS_GAIN:
+            return 0, None
+        threads = _threads.thread_count(self.pool.workers, self.cpu_share(), remaining)
+        gain = _threads.projected_speedup(speedup, threads)
+        return threads, _threads.THREAD_START * threads + LATENCY + remaining * cost / gain
+
+    def _threads_text(self, threads: int, threaded: float | None) -> str:
+        if not self.threads or self.trial_speedup is None:
+            return ""
+        if threaded is None:
+            why = "the GIL is held" if self.trial_speedup > 0.9 else \
+                "they compete for the CPUs, or for a lock"
+            return (f"; on 2 threads at once items ran {self.trial_speedup:.2f}x as fast "
+                    f"as on one ({why})")
+        return (f"; releases the GIL (2 threads: {self.trial_speedup:.2f}x): {threads} threads "
+                f"≈ {format_seconds(threaded)}")
 
     def _unknown_length(self, probed: Callable[[], str], cost: float) -> Verdict:
         """Compare throughputs, then rent before buying."""
@@ -239,35 +322,47 @@ class Probe:
             f"~{format_seconds(pool.startup)} of items serially (the pool's start-up cost)"), cost)
 
 
-def projections(remaining: int, cost: float, transfer: float, pool: PoolCost) -> tuple[float, float]:
-    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each.
-    With ``pool.overlap`` the caller runs ~startup/cost items while the pool starts."""
+def projections(remaining: int, cost: float, transfer: float, pool: PoolCost,
+                worker_cost: float | None = None) -> tuple[float, float]:
+    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each
+    (``worker_cost`` each in a worker, if different). With ``pool.overlap``
+    the caller runs ~startup/cost items while the pool starts."""
     serial = remaining * cost
     if pool.overlap and cost > 0:
         remaining -= min(remaining, int(pool.startup / cost))
         if remaining == 0:
             return serial, pool.startup + LATENCY  # all done before the pool is up
     rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
-    busy = max(rounds * (cost + transfer / 2), remaining * transfer / 2)
+    busy = max(rounds * ((worker_cost or cost) + transfer / 2), remaining * transfer / 2)
     return serial, pool.startup + LATENCY + busy
 
 
-def from_history(total: int | None, per_item: float | None, pool: Callable[[], PoolCost]
+def from_history(total: int | None, history: dict[str, float], pool: Callable[[], PoolCost]
                  ) -> Verdict | None:
-    """Skip the probe when the function's previous call measured items heavy
-    enough that a pool clearly wins for this many: every core works from the
-    first item. None: probe as usual. A wrong guess (the items got lighter)
-    costs a few round trips, then the chunk sizer adapts."""
+    """Skip the probe when the function's previous calls measured items heavy
+    enough that a process pool clearly wins for this many: every core works
+    from the first item. ``history``: seconds per item by the side that
+    measured them (``_costs.recall``); the pool is projected from what its
+    workers measured, when they did. None: probe as usual (always, for a
+    function that ran faster in threads). A wrong guess (the items got
+    lighter) costs a few round trips, then the chunk sizer adapts."""
+    if (history.get("trial") or 0.0) >= THREADS_GAIN:
+        return None
+    # Only what workers measured: the caller's own cost says nothing of how an
+    # item runs in a worker (BLAS there is capped at one thread), and the
+    # probe, which also reads how many CPUs an item keeps busy, is cheap.
+    per_item = history.get("process")
     if total is None or per_item is None or per_item < HEAVY_ITEM or total < 2:
         return None
     cost = pool()
     if cost.workers == 1:
         return None
-    serial, parallel = projections(total, per_item, 0.0, cost)
+    serial_cost = history.get("serial", per_item)
+    serial, parallel = projections(total, serial_cost, 0.0, cost, per_item)
     if serial <= CLEAR_WIN * parallel:
         return None
     return Verdict(0, lambda: (
-        f"no probe: the previous call measured ~{format_seconds(per_item)} per item; "
+        f"no probe: the workers of an earlier call measured ~{format_seconds(per_item)} per item; "
         f"{total} items: serial ≈ {format_seconds(serial)}, {cost.workers} workers ≈ "
         f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
 
@@ -295,40 +390,3 @@ def static_choice(options: Options, total: int | None) -> tuple[str, str]:
     if options.workers == 1:
         return "serial", "1 worker (workers=1 was asked for)"
     return "auto", ""
-
-
-class ChunkSizer:
-    """Chunks long enough to amortise a round trip, short enough to balance:
-    about CHUNK_SECONDS each, and never more than a quarter of what each
-    worker has left, so chunks shrink toward the end and no worker idles
-    while one finishes a big chunk (guided self-scheduling), down to
-    MIN_CHUNK_SECONDS of work."""
-
-    def __init__(self, workers: int, fixed: int | None = None,
-                 per_item: float | None = None) -> None:
-        self.workers = workers
-        self.fixed = fixed
-        self.per_item = per_item
-        self._observed_items = 0
-        self._observed_seconds = 0.0
-
-    def observe(self, count: int, busy: float) -> None:
-        if count and busy > 0:
-            self._observed_items += count
-            self._observed_seconds += busy
-            self.per_item = self._observed_seconds / self._observed_items
-
-    def next(self, remaining: int | None) -> int:
-        if self.fixed is not None:
-            return self.fixed
-        if self.per_item is None:
-            size = 1  # nothing measured yet: learn from small chunks first
-        else:
-            size = max(1, min(100_000, int(CHUNK_SECONDS / max(self.per_item, 1e-7))))
-        if remaining is not None:
-            # Guided self-scheduling shrinks chunks toward the end, but never
-            # below MIN_CHUNK_SECONDS of work: smaller ones would cost more
-            # in round trips than any imbalance they save.
-            floor = 1 if self.per_item is None else int(MIN_CHUNK_SECONDS / max(self.per_item, 1e-7))
-            size = min(size, max(1, floor, math.ceil(remaining / (4 * self.workers))))
-        return size

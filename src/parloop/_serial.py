@@ -13,6 +13,7 @@ from ._input import Input
 from ._planner import PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
+from ._threads import run_trial
 from .errors import stop_iteration_error
 
 __all__ = ["SerialLoop"]
@@ -40,6 +41,9 @@ class SerialLoop:
         self.head_started = False  # a head start took the items after the first
         self.first_seconds = 0.0
         self.per_item = 0.0  # the probe's median, when a head start ended it
+        self.threads = False  # the probe may try threads (thread_safe=True, backend="auto")
+        self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
+        self.trial_speedup: float | None = None  # what a thread trial showed
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None)."""
@@ -122,6 +126,41 @@ class SerialLoop:
         self.source.index = start + len(chunk)
         return batch, None
 
+    def _trial(self, probe: Probe, size: int) -> Iterator[list[Any]]:
+        """Run the next ``size`` items on two threads at once (see
+        ``_threads``), tell ``probe`` what that showed, and settle them in
+        order, as the serial loop would have."""
+        start = self.source.index
+        items, error = self.source.take(size)
+        if not items:
+            if error is not None:
+                raise error
+            return
+        trial = run_trial(self.call, items)
+        probe.note_trial(trial)
+        self.trial_speedup = probe.trial_speedup
+        batch: list[Any] = []
+        for offset, (result, exc) in enumerate(trial.results):
+            if exc is not None:
+                if not isinstance(exc, Exception):
+                    raise exc  # SystemExit and the like, raised in the helper thread
+                try:
+                    result = self.policy.settle(self.call, items[offset], exc, start + offset)
+                except Exception:
+                    if batch:
+                        yield from self._emit(batch)
+                    raise
+            batch.append(result)
+        yield from self._emit(batch)
+        if error is not None:
+            raise error
+
+    def _emit(self, batch: list[Any]) -> Iterator[list[Any]]:
+        if self.sink is not None:
+            self.sink.extend(batch)
+        else:
+            yield batch
+
     def probe(self, pool: Callable[[], PoolCost], head: HeadStart | None = None
               ) -> Iterator[list[Any]]:
         """Run items here, timed, until the planner has seen enough; its
@@ -129,8 +168,9 @@ class SerialLoop:
         around the first item: when it fires, the items after the first are
         taken through it, and once its pool has taken the next ones the
         probe ends with ``head_started`` set and no verdict."""
-        probe = Probe(self.source.total, pool)
+        probe = Probe(self.source.total, pool, threads=self.threads, history=self.history)
         call, source, sink, clock = self.call, self.source, self.sink, time.perf_counter
+        cpu_clock = time.process_time
         self.verdict = None
         while True:
             index = source.index
@@ -146,12 +186,13 @@ class SerialLoop:
             item = batch[0]
             if head is not None and index == 0:
                 head.arm()
-            began = clock()
+            began, cpu_began = clock(), cpu_clock()
             try:
                 result = call(item)
             except Exception as exc:
                 result = self.policy.settle(call, item, exc, index)
             probe.times.append(clock() - began)
+            probe.cpu.append(cpu_clock() - cpu_began)
             self.stats.note_item(probe.times[-1], index)
             if index == 0:
                 probe.keep_first(item, result)
@@ -163,7 +204,11 @@ class SerialLoop:
                 yield [result]
             if probe.done(source.index) and not (
                     head is not None and not head.closed and probe.parallel(source.index)):
-                break  # with a head start's pool to come, the caller runs items until it is up
+                # With a head start's pool to come, the caller runs items until it is up.
+                size = probe.trial_size(source.index) if head is None or head.closed else 0
+                if size:
+                    yield from self._trial(probe, size)
+                break
         if head is not None and not self.head_started and head.close() is not None:
             self.head_started = True  # it took items just now
         self.first_seconds = probe.times[0] if probe.times else 0.0

@@ -23,6 +23,8 @@ class RunStats:
         self._slowest: list[tuple[float, int]] = []  # a min-heap of (seconds, index)
         self.worker_seconds: dict[str, float] = {}
         self.per_item: float | None = None  # as the pool's workers measured it
+        self.caller_per_item: float | None = None  # as the caller's probe measured it
+        self.probed = False  # caller_per_item was measured in this call (not recalled)
 
     def note_item(self, seconds: float, index: int) -> None:
         if len(self._slowest) < SLOWEST:
@@ -47,9 +49,16 @@ class RunStats:
             plan.caller_seconds = plan.wall_seconds
             if items:
                 plan.per_item = plan.wall_seconds / items
-        elif self.per_item is not None:
-            plan.per_item = self.per_item
-        if plan.per_item is not None:
-            _costs.remember(fn, plan.per_item)
+            if plan.per_item is not None:
+                _costs.remember(fn, plan.per_item, "serial")
+        else:
+            if self.per_item is not None:
+                plan.per_item = self.per_item
+                _costs.remember(fn, self.per_item, plan.backend)
+            if self.caller_per_item is not None:
+                _costs.remember(fn, self.caller_per_item, "serial")
+                if self.per_item is not None and plan.backend == "process" and self.probed:
+                    # Both sides measured this call's items: how much slower a worker is.
+                    _costs.remember(fn, self.per_item / self.caller_per_item, "ratio")
         plan.slowest = sorted(((i, t) for t, i in self._slowest if i >= 0),
                               key=lambda pair: -pair[1])

@@ -54,7 +54,8 @@ def _slow_start() -> None:
 def main() -> None:
     os.environ["CALLER_PID"] = str(os.getpid())
     _slow_start()
-    fn = parallel_for(work, workers=2, start_method="forkserver")
+    # thread_safe=False: sleeps would run on threads, and no pool would start
+    fn = parallel_for(work, workers=2, start_method="forkserver", thread_safe=False)
     if sys.argv[1] == "overlap":
         fn([0.012] * 80)  # items too short for a head start: the probe decides
     else:

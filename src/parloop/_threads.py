@@ -1,0 +1,116 @@
+"""Whether a function's items run faster in threads, measured on the items.
+
+A process pool pays for pickling, a start-up and a copy of every item; a
+thread pool pays for none of these, but Python threads run Python code one
+at a time. They run in parallel only while the function has released the
+GIL: in NumPy, hashlib, zlib, bz2/lzma, most I/O, and Cython or Numba code
+built ``nogil``; and for everything thread-safe on a free-threaded build.
+
+The probe finds out by a trial: after timing items one by one in the
+caller, it runs the next few on two threads at once (the caller and one
+helper) and compares the wall time with what one thread took for as many.
+That ratio, the trial's speedup, is 1 for code that holds the GIL and 2 for
+code that does not. Amdahl's law turns it into the share ``e`` of an item
+that runs in parallel, and so into a projection for ``n`` threads::
+
+    speedup(n) = 1 / ((1 - e) + e / n)
+
+Items that mostly wait (their CPU time is under half their wall time: I/O,
+sleeps) get more threads than CPUs, enough to keep the CPUs busy, at most
+MAX_THREADS.
+
+The trial runs two of the user's items at once in threads, so it only
+happens when threads are allowed (``thread_safe=True``, the default), and
+once per function per process (the history keeps its speedup).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["MAX_THREADS", "TRIAL_SECONDS", "Trial", "gil_enabled", "projected_speedup",
+           "run_trial", "thread_count"]
+
+TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
+MAX_THREADS = 32  # as concurrent.futures.ThreadPoolExecutor caps its default
+WAITING = 0.5  # an item using less than this share of a CPU mostly waits
+THREAD_START = 100e-6  # seconds to start one pool thread (measured: ~60-90 µs here)
+
+
+def gil_enabled() -> bool:
+    """False on a free-threaded build running without the GIL (3.13t+)."""
+    check = getattr(sys, "_is_gil_enabled", None)
+    return True if check is None else bool(check())
+
+
+def parallel_share(speedup: float, threads: int = 2) -> float:
+    """Amdahl's ``e`` from a trial's speedup on ``threads`` threads, in [0, 1]."""
+    if speedup <= 1.0:
+        return 0.0
+    return min(1.0, (1 - 1 / speedup) / (1 - 1 / threads))
+
+
+def projected_speedup(trial_speedup: float, threads: int) -> float:
+    share = parallel_share(trial_speedup)
+    return 1.0 / ((1.0 - share) + share / threads)
+
+
+def thread_count(cpus: int, cpu_share: float, remaining: int) -> int:
+    """Threads for items that keep ``cpu_share`` of a CPU busy while they
+    run: one per CPU for CPU-bound work; enough to keep the CPUs busy for
+    work that mostly waits, at most MAX_THREADS and one per item."""
+    if cpu_share >= WAITING:
+        threads = cpus
+    else:
+        threads = min(MAX_THREADS, max(cpus, math.ceil(cpus / max(cpu_share, 1 / MAX_THREADS))))
+    return max(1, min(threads, remaining))
+
+
+class Trial:
+    """What running ``len(mine) + len(theirs)`` items on two threads showed."""
+
+    def __init__(self, results: list[tuple[Any, BaseException | None]], wall: float,
+                 cpu: float) -> None:
+        self.results = results  # (result, exception) per item, in input order
+        self.wall = wall
+        self.cpu = cpu  # the process's CPU seconds meanwhile
+        self.failed = any(exc is not None for _, exc in results)
+
+    def speedup(self, per_item: float) -> float:
+        """Throughput of two threads over one thread's (``per_item`` seconds)."""
+        return len(self.results) * per_item / max(self.wall, 1e-9)
+
+
+def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException]
+         ) -> list[tuple[Any, BaseException | None]]:
+    out: list[tuple[Any, BaseException | None]] = []
+    for item in items:
+        try:
+            out.append((call(item), None))
+        except catch as exc:  # settled (or re-raised) by the caller, in order
+            out.append((None, exc))
+    return out
+
+
+def run_trial(call: Callable[[Any], Any], items: list[Any]) -> Trial:
+    """Run the first half of ``items`` here and the second half in a helper
+    thread, at once. An exception the helper met is returned in its item's
+    place, like any other; KeyboardInterrupt stops the caller's half only
+    (the helper's half is bounded by TRIAL_SECONDS of work)."""
+    half = len(items) // 2
+    theirs: list[tuple[Any, BaseException | None]] = []
+    helper = threading.Thread(target=lambda: theirs.extend(_run(call, items[half:], BaseException)),
+                              name="parloop-trial", daemon=True)
+    clock, cpu_clock = time.perf_counter, time.process_time
+    began, cpu_began = clock(), cpu_clock()
+    helper.start()
+    try:
+        mine = _run(call, items[:half], Exception)
+    finally:
+        helper.join()
+    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began)

@@ -1,0 +1,262 @@
+"""backend="auto" chooses among serial, threads and processes, from what it
+measures on the side that pays: threads when the items run in parallel on
+two threads at once (they release the GIL), a worker's cost from the
+workers' own reports, and a retreat to the caller when the workers turn
+out slower. Synthetic costs first (a fake clock), then real runs."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import pytest
+
+from parloop import _costs, _planner, _role, parallel_for
+from parloop._flow import RETREAT
+from parloop._planner import MARGIN, PoolCost, Probe, from_history
+from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, thread_count
+
+# -- synthetic -------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def warm_pool() -> PoolCost:
+    return PoolCost(2, 0.0, "")
+
+
+def probed(cost: float, total: int, *, cpu_share: float = 1.0, threads: bool = True,
+           history: dict[str, float] | None = None, seen: int = 3) -> Probe:
+    """A probe that has timed ``seen`` items of ``cost`` seconds, each using
+    ``cpu_share`` CPUs (2: BLAS threads; 0.05: it mostly waits)."""
+    clock = FakeClock()
+    probe = Probe(total, warm_pool, clock, threads=threads, history=history)
+    for _ in range(seen):
+        clock.now += cost
+        probe.times.append(cost)
+        probe.cpu.append(cost * cpu_share)
+    return probe
+
+
+def trial(probe: Probe, speedup: float, items: int = 4) -> None:
+    """Tell ``probe`` that ``items`` items on two threads ran ``speedup``x as fast."""
+    wall = items * probe.per_item() / speedup
+    probe.note_trial(Trial([(None, None)] * items, wall, wall))
+
+
+def test_amdahl() -> None:
+    assert parallel_share(1.0) == 0.0 and parallel_share(2.0) == 1.0
+    assert projected_speedup(2.0, 8) == pytest.approx(8.0)
+    assert projected_speedup(1.0, 8) == pytest.approx(1.0)
+    assert projected_speedup(1.5, 2) == pytest.approx(1.5)
+    assert projected_speedup(1.5, 4) == pytest.approx(2.0)  # e = 2/3: at most 3x, ever
+
+
+def test_thread_counts() -> None:
+    assert thread_count(2, 1.0, 1000) == 2  # CPU-bound: one per CPU
+    assert thread_count(2, 0.0, 1000) == MAX_THREADS  # it only waits
+    assert thread_count(2, 0.25, 1000) == 8  # keeps a quarter of a CPU busy: 4 per CPU
+    assert thread_count(4, 0.01, 10) == 10  # never more threads than items
+
+
+def test_a_function_that_releases_the_gil_goes_to_threads() -> None:
+    probe = probed(1e-3, 200)
+    assert probe.trial_size(3) > 0  # worth a trial: threads are allowed and unknown
+    trial(probe, 1.9)
+    verdict = probe.verdict(3 + 4)
+    assert verdict.backend == "thread" and verdict.workers == 2
+    assert "releases the GIL (2 threads: 1.90x)" in str(verdict.reason)
+
+
+def test_a_function_that_holds_the_gil_does_not() -> None:
+    probe = probed(1e-3, 200)
+    trial(probe, 1.02)
+    verdict = probe.verdict(7)
+    assert verdict.backend == "process" and verdict.serial_more == 0
+    assert "the GIL is held" in str(verdict.reason)
+
+
+def test_items_that_wait_get_more_threads_than_cpus() -> None:
+    probe = probed(10e-3, 64, cpu_share=0.02)
+    trial(probe, 1.95)
+    verdict = probe.verdict(7)
+    assert verdict.backend == "thread" and verdict.workers == min(MAX_THREADS, 64 - 7)
+
+
+def test_thread_safe_false_never_tries_threads() -> None:
+    probe = probed(1e-3, 200, threads=False)
+    assert probe.trial_size(3) == 0
+    assert probe.verdict(3).backend == "process"
+
+
+def test_no_trial_when_the_history_knows_the_answer() -> None:
+    assert probed(1e-3, 200, history={"trial": 1.0}).trial_size(3) == 0
+
+
+def test_items_that_already_use_every_core_are_not_split_further(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 64 items of 1 ms, each keeping both CPUs busy (BLAS): in a worker capped
+    # at one BLAS thread each takes ~2 ms, so 2 workers gain nothing. (CPU
+    # time counts only when a library with native thread pools is loaded:
+    # pytest stands in for one here.)
+    monkeypatch.setattr(_planner, "NATIVE_POOLS", ("pytest",))
+    busy = probed(1e-3, 64, cpu_share=2.0, threads=False)
+    assert busy.cores_used() == 2.0 and busy.pool_item_cost(1e-3) == pytest.approx(2e-3)
+    assert busy.verdict(3).serial_more is None
+    # The same items on one CPU each: the pool wins.
+    assert probed(1e-3, 64, threads=False).verdict(3).serial_more == 0
+    # Without such a library, CPU time of other threads is not the item's.
+    monkeypatch.setattr(_planner, "NATIVE_POOLS", ("no such module",))
+    assert probed(1e-3, 64, cpu_share=2.0, threads=False).cores_used() == 1.0
+
+
+def test_what_workers_measured_is_the_pools_cost() -> None:
+    # The caller measured 1 ms, the workers 7 ms (the warm-pool NumPy case):
+    # neither from_history nor the probe sends the next call to the pool.
+    history = {"serial": 1e-3, "process": 7e-3, "ratio": 7.0}
+    assert from_history(64, history, warm_pool) is None
+    probe = probed(1e-3, 64, threads=False, history=history)
+    assert probe.pool_item_cost(1e-3) == pytest.approx(7e-3)
+    # Only as a ratio: items of another size take another time.
+    assert probe.pool_item_cost(2e-3) == pytest.approx(14e-3)
+    assert probe.verdict(3).serial_more is None
+    # Heavy work the workers ran as fast as the caller skips the probe.
+    verdict = from_history(40, {"serial": 0.05, "process": 0.05}, warm_pool)
+    assert verdict is not None and verdict.serial_more == 0
+    # A function that ran faster in threads is probed again.
+    assert from_history(40, {"serial": 0.05, "trial": 1.9}, warm_pool) is None
+
+
+def test_a_trial_in_which_an_item_raised_says_nothing_for_threads() -> None:
+    probe = probed(1e-3, 200)
+    probe.note_trial(Trial([(None, None), (None, ValueError())], 1e-3, 1e-3))
+    assert probe.trial_speedup == 1.0
+    assert probe.verdict(5).backend == "process"
+
+
+def test_threads_must_beat_serial_by_the_margin() -> None:
+    # 20 items of 0.1 ms: 2 ms serially; threads cannot win by 20% after the latency.
+    probe = probed(1e-4, 23)
+    trial(probe, 1.3)
+    verdict = probe.verdict(3)
+    assert verdict.backend != "thread" or verdict.serial_more is None
+    assert MARGIN > 1
+
+
+# -- real runs -------------------------------------------------------------------------------
+
+
+def _nap(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def _spin(seconds: float) -> float:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def _slower_in_a_worker(seconds: float) -> float:
+    """Ten times slower in a worker process than in the caller."""
+    _spin(seconds * (10 if _role.IN_WORKER else 1))
+    return seconds
+
+
+@pytest.mark.timeout(60)
+def test_waiting_items_run_on_many_threads() -> None:
+    fn = parallel_for(_nap)
+    assert fn([0.02] * 64) == [0.02] * 64
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "thread", plan.reason
+    assert plan.workers > (os.cpu_count() or 1)
+    assert "releases the GIL" in plan.reason
+
+
+@pytest.mark.timeout(60)
+def test_python_code_that_holds_the_gil_never_goes_to_threads() -> None:
+    fn = parallel_for(_spin)
+    for _ in range(2):
+        assert fn([0.002] * 100) == [0.002] * 100
+        plan = fn.last_plan
+        assert plan is not None and plan.backend != "thread", plan.reason
+
+
+@pytest.mark.timeout(60)
+def test_thread_safe_false_keeps_waiting_items_off_threads() -> None:
+    fn = parallel_for(_nap, thread_safe=False)
+    fn([0.01] * 40)
+    plan = fn.last_plan
+    assert plan is not None and plan.backend in ("serial", "process"), plan.reason
+    assert "threads" not in plan.reason
+
+
+@pytest.mark.timeout(60)
+def test_a_real_gil_releasing_function_is_measured_on_threads() -> None:
+    import hashlib
+
+    blobs = [bytes([i]) * 2**20 for i in range(48)]
+
+    def digest(blob: bytes) -> str:
+        return hashlib.sha256(blob).hexdigest()
+
+    fn = parallel_for(digest)  # a closure: it could not even go to a process
+    assert fn(blobs) == [hashlib.sha256(b).hexdigest() for b in blobs]
+    plan = fn.last_plan
+    assert plan is not None
+    # Whether threads win depends on how many CPUs are free right now; that
+    # the two-thread trial ran and was weighed does not.
+    assert "on 2 threads at once" in plan.reason or "releases the GIL" in plan.reason, plan.reason
+
+
+@pytest.mark.timeout(120)
+def test_workers_slower_than_the_caller_send_the_rest_back_and_the_history_keeps_both() -> None:
+    fn = parallel_for(_slower_in_a_worker, workers=2, thread_safe=False)
+    items = [0.002] * 300
+    assert fn(items) == items  # ~0.6 s serially
+    first = fn.last_plan
+    assert first is not None
+    if first.backend == "process":
+        # The probe saw 2 ms items in the caller and chose the pool; the
+        # workers reported 20 ms: the caller ran the rest itself.
+        assert "ran the last" in first.reason, first.reason
+    history = _costs.recall(_slower_in_a_worker)
+    assert history["serial"] == pytest.approx(0.002, rel=0.5)  # the caller's own measure
+    if "process" in history:
+        assert history["process"] > 0.01  # the workers' own, kept apart
+        assert history["ratio"] > 5  # as this one call measured both sides
+    # The next call knows the pool is slower and does not go there.
+    assert fn(items) == items
+    second = fn.last_plan
+    assert second is not None and second.backend == "serial", second.reason
+
+
+@pytest.mark.timeout(120)
+def test_the_warm_pool_numpy_case_never_goes_to_slow_workers() -> None:
+    numpy = pytest.importorskip("numpy")
+    rng = numpy.random.default_rng(0)
+    matrices = [rng.random((300, 300)) for _ in range(64)]
+
+    def gram(a: Any) -> float:
+        return float((a @ a.T)[0, 0])
+
+    parallel_for(_spin, backend="process", workers=2)([0.001] * 4)  # leaves a warm pool
+    fn = parallel_for(gram)
+    expected = [gram(a) for a in matrices]
+    for _ in range(3):
+        assert fn(matrices) == pytest.approx(expected)
+        plan = fn.last_plan
+        assert plan is not None
+        if plan.backend == "process" and "ran the last" not in plan.reason:
+            # Kept on the pool only if its workers, by their own measure, were
+            # not slower together than the caller alone.
+            history = _costs.recall(gram)
+            assert history["process"] / 2 <= RETREAT * history["serial"], plan.reason
