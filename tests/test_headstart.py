@@ -86,6 +86,7 @@ def test_a_quick_first_item_closes_it_before_anything_starts() -> None:
     source.take(1)
     head.arm()
     assert head.settle() is False  # the first item took no time at all
+    time.sleep(0.1)  # past when it would have started the fork server
     assert steps.ran == []
     assert not any(t.name == "parloop-head-start" for t in threading.enumerate())
     assert head.take(source) == ([1], None)  # the caller reads on, alone
@@ -255,7 +256,6 @@ def test_it_arms_only_for_a_sequence_with_nothing_known() -> None:
     assert _headstart.arrange(job, Input([1, 2]), options, None, lambda: 2) is not None
     assert _headstart.arrange(job, Input(iter([1, 2])), options, None, lambda: 2) is None
     assert _headstart.arrange(job, Input([1]), options, None, lambda: 2) is None
-    assert _headstart.arrange(job, Input([1, 2]), options, None, lambda: 1) is None
     forced = resolve({"backend": "process"}, None)
     assert _headstart.arrange(job, Input([1, 2]), forced, None, lambda: 2) is None
     fork = resolve({"start_method": "fork"}, None)

@@ -179,8 +179,9 @@ class _Call:
         self.stats.caller_per_item = history.get("serial")
         if verdict is None:
             self.loop.threads, self.loop.history = self.options.thread_safe, history
-            self.head = arrange(self.job, self.source, self.options, self.block,
-                                lambda: self.workers)
+            if not history:  # nothing known about the function: its first call
+                self.head = arrange(self.job, self.source, self.options, self.block,
+                                    lambda: self.workers)
             yield from self.loop.probe(self._pool_cost, self.head)
             if self.loop.head_started:
                 self._headed()

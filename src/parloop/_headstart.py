@@ -23,6 +23,7 @@ when nothing about the function is known yet.
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import os
 import sys
@@ -74,19 +75,20 @@ class HeadStart:
         self.lease: _scope.Lease | None = None  # set once items were sent to it
         self.sent: list[Chunk] = []
         self.error: BaseException | None = None  # the pool could not start
-        self._wake = threading.Event()  # set by close()
         self.busy = False  # the fork server was started (or is starting)
-        self._working = False  # in a step: close() does not wait for it
-        self._thread = threading.Thread(target=self._main, name="parloop-head-start",
-                                        daemon=True)
+        self._wake = _thread.allocate_lock()  # released by close(): stop waiting
+        self._wake.acquire()
+        self._woken = False
+        self._working = False  # in a step (for tests and debugging)
+        self._thread: threading.Thread | None = None  # the named thread, once there is work
         self._began = 0.0
 
     def arm(self) -> None:
-        """(Caller.) The first item starts now."""
+        """(Caller.) The first item starts now. The first wait runs in a bare
+        thread, which starts in ~60 µs where a threading.Thread takes 150 µs
+        or more: most first calls close it again at once."""
         self._began = time.perf_counter()
-        with _live_lock:
-            _live.add(self._thread)
-        self._thread.start()
+        _thread.start_new_thread(self._first_wait, ())
 
     def settle(self) -> bool:
         """(Caller, after the first item.) Whether it fired; when not, it is
@@ -109,21 +111,33 @@ class HeadStart:
         still starting is given back by its thread once it is up."""
         with self.lock:
             self.closed = True
-            working = self._working
             if self.sent:
                 return self.lease
-        self._wake.set()
-        if not working and self._thread.ident is not None:
-            # Waiting, so it ends at once. Join it, so that no thread is left
-            # running (it would make the next pool avoid fork).
-            self._thread.join()
+            wake, self._woken = not self._woken, True
+        if wake:
+            self._wake.release()
+        # Not waited for: a waiting thread ends within microseconds, holding
+        # nothing a forked worker could need (waiting for it cost a tiny
+        # first call ~0.3 ms). If the next pool starts that soon, it merely
+        # sees a thread and uses the fork server.
         return None
 
-    def _step(self, wait: float, step: Callable[[], None]) -> bool:
-        """(Its thread.) Wait ``wait`` seconds, then run ``step``, unless
-        the caller has closed it by then; whether it ran."""
-        if self._wake.wait(max(0.0, wait)):
-            return False
+    def _first_wait(self) -> None:
+        """(Bare thread.) Wait PREPARE_AFTER for the caller to close it; if
+        it does not, hand the work to a named thread and end."""
+        if self._wake.acquire(timeout=PREPARE_AFTER):
+            return
+        with self.lock:
+            if self.closed:
+                return
+            self._thread = threading.Thread(target=self._main, name="parloop-head-start",
+                                            daemon=True)
+            with _live_lock:
+                _live.add(self._thread)
+            self._thread.start()
+
+    def _step(self, step: Callable[[], None]) -> bool:
+        """(Its thread.) Run ``step`` unless the caller has closed it; whether it ran."""
         with self.lock:
             if self.closed:
                 return False
@@ -139,15 +153,17 @@ class HeadStart:
 
     def _main(self) -> None:
         try:
-            if self._step(PREPARE_AFTER, self._begin):
-                self._step(self.after - (time.perf_counter() - self._began), self._fire)
+            if self._step(self._begin):
+                left = self.after - (time.perf_counter() - self._began)
+                if not self._wake.acquire(timeout=max(0.0, left)):
+                    self._step(self._fire)
         except BaseException as exc:  # the caller goes on alone
             self.error = exc
             with self.lock:
                 self.closed = True
         finally:
             with _live_lock:
-                _live.discard(self._thread)
+                _live.discard(threading.current_thread())
 
     def _begin(self) -> None:
         self.busy = True
@@ -164,6 +180,10 @@ class HeadStart:
                     return
                 self.closed = True  # nothing it could send: the caller goes on alone
         lease.release()
+
+
+class _Declined(Exception):
+    """(Its thread.) No pool after all: the caller goes on alone."""
 
 
 _live_lock = threading.Lock()
@@ -191,25 +211,29 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
             or os.environ.get("PARLOOP_HEAD_START") == "0" \
             or source.sequence is None or (source.total or 0) < 2 or source.index != 0:
         return None
-    count = workers()
-    if count < 2:
-        return None
+    # Nothing here may cost the call time: reading the CPU limits, the pool
+    # registry or multiprocessing itself waits for the thread (a first call
+    # of tiny work must stay within a millisecond of a plain loop).
+    count = [0]
 
     def prepare() -> None:
+        count[0] = workers()
+        if count[0] < 2:
+            raise _Declined("one usable CPU")
         _scope.prepare("process", options)
 
     def start() -> _scope.Lease:
         problem = explain_unpicklable(job.fn, job.args, job.kwargs, job.star)
         if problem is not None:
             raise problem  # no pool: the caller's probe finds it too, and says so
-        return _scope.lease("process", count, options, block)
+        return _scope.lease("process", count[0], options, block)
 
     def send(lease: _scope.Lease) -> list[Chunk]:
         chunks: list[Chunk] = []
         # One item per worker but one: the caller is still busy with an item
         # of its own, and a third CPU-bound process on two cores would slow
         # all three (the first item ran 1.2 s instead of 1.0 s here).
-        while len(chunks) < max(1, count - 1) and source.remaining:
+        while len(chunks) < max(1, count[0] - 1) and source.remaining:
             begin = source.index
             items, _ = source.take(1)  # a list, tuple or range: it cannot raise
             if explain_item(begin, items[0]) is not None:
@@ -224,9 +248,7 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
 
     # Started from a thread, the pool uses the fork server, started early
     # (PREPARE_AFTER), or spawn if asked for, whose start is the slowest.
-    method = options.start_method or "forkserver"
-    startup = 0.0 if method == "forkserver" or _scope.is_warm("process", count, options, block) \
-        else _costs.startup_estimate(method, count)
+    startup = _costs.startup_estimate("spawn", 2) if options.start_method == "spawn" else 0.0
     return HeadStart(prepare, start, send, max(HEAD_START, HEAD_FRACTION * startup))
 
 
