@@ -191,7 +191,8 @@ class Probe:
         if not self.threads or self.trial_speedup is not None or self.total is None:
             return 0
         remaining, cost = self.total - seen, self.per_item()
-        if self._too_small(remaining, cost) or self.pool.workers < 2 or cost <= 0:
+        if cost < _threads.TRIAL_MIN_ITEM or self._too_small(remaining, cost) \
+                or self.pool.workers < 2:
             return 0
         size = 2 * max(1, math.ceil(_threads.TRIAL_SECONDS / cost))
         return size if 2 * size <= remaining else 0
@@ -284,7 +285,8 @@ class Probe:
             return 0, None
         threads = _threads.thread_count(self.pool.workers, self.cpu_share(), remaining)
         gain = _threads.projected_speedup(speedup, threads)
-        return threads, _threads.THREAD_START * threads + LATENCY + remaining * cost / gain
+        busy = remaining * (cost + _threads.ITEM_OVERHEAD) / gain
+        return threads, _threads.THREAD_START * threads + LATENCY + busy
 
     def _threads_text(self, threads: int, threaded: float | None) -> str:
         if not self.threads or self.trial_speedup is None:
