@@ -130,8 +130,12 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     # Heavy work the workers ran as fast as the caller skips the probe.
     verdict = from_history(40, {"serial": 0.05, "process": 0.05}, warm_pool)
     assert verdict is not None and verdict.serial_more == 0
-    # A function that ran faster in threads is probed again.
-    assert from_history(40, {"serial": 0.05, "trial": 1.9}, warm_pool) is None
+    # A function that ran faster in threads is probed again, and so is one
+    # never tried on threads, when threads are allowed.
+    assert from_history(40, {"process": 0.05, "trial": 1.9}, warm_pool, threads=True) is None
+    assert from_history(40, {"process": 0.05}, warm_pool, threads=True) is None
+    verdict = from_history(40, {"process": 0.05, "trial": 1.0}, warm_pool, threads=True)
+    assert verdict is not None and verdict.serial_more == 0
 
 
 def test_a_trial_in_which_an_item_raised_says_nothing_for_threads() -> None:

@@ -175,7 +175,8 @@ class _Call:
         choose serial or process."""
         plan = self.plan
         history = self.history = _costs.recall(self.job.fn)
-        verdict = _planner.from_history(self.source.total, history, self._pool_cost)
+        verdict = _planner.from_history(self.source.total, history, self._pool_cost,
+                                        self.options.thread_safe)
         self.stats.caller_per_item = history.get("serial")
         if verdict is None:
             self.loop.threads, self.loop.history = self.options.thread_safe, history

@@ -199,7 +199,8 @@ class Probe:
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
-        self.trial_speedup = 1.0 if trial.failed else trial.speedup(self.per_item())
+        self.trial_speedup = 1.0 if trial.failed else \
+            trial.speedup(self.per_item(), self.cpu_share() >= _threads.WAITING)
 
     @staticmethod
     def _too_small(remaining: int, cost: float) -> bool:
@@ -339,17 +340,20 @@ def projections(remaining: int, cost: float, transfer: float, pool: PoolCost,
     return serial, pool.startup + LATENCY + busy
 
 
-def from_history(total: int | None, history: dict[str, float], pool: Callable[[], PoolCost]
-                 ) -> Verdict | None:
+def from_history(total: int | None, history: dict[str, float], pool: Callable[[], PoolCost],
+                 threads: bool = False) -> Verdict | None:
     """Skip the probe when the function's previous calls measured items heavy
     enough that a process pool clearly wins for this many: every core works
     from the first item. ``history``: seconds per item by the side that
     measured them (``_costs.recall``); the pool is projected from what its
     workers measured, when they did. None: probe as usual (always, for a
     function that ran faster in threads). A wrong guess (the items got
-    lighter) costs a few round trips, then the chunk sizer adapts."""
-    if (history.get("trial") or 0.0) >= THREADS_GAIN:
-        return None
+    lighter) costs a few round trips, then the chunk sizer adapts.
+    ``threads``: threads are allowed, so only a trial that showed they do
+    not pay lets the probe be skipped."""
+    trial = history.get("trial")
+    if threads and (trial is None or trial >= THREADS_GAIN):
+        return None  # threads may win and are not ruled out: the probe finds out
     # Only what workers measured: the caller's own cost says nothing of how an
     # item runs in a worker (BLAS there is capped at one thread), and the
     # probe, which also reads how many CPUs an item keeps busy, is cheap.

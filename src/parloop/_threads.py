@@ -82,25 +82,36 @@ class Trial:
     """What running ``len(mine) + len(theirs)`` items on two threads showed."""
 
     def __init__(self, results: list[tuple[Any, BaseException | None]], wall: float,
-                 cpu: float) -> None:
+                 cpu: float, thread_cpu: float | None = None) -> None:
         self.results = results  # (result, exception) per item, in input order
         self.wall = wall
         self.cpu = cpu  # the process's CPU seconds meanwhile
+        self.thread_cpu = thread_cpu  # the two threads' own CPU seconds on the items
         self.failed = any(exc is not None for _, exc in results)
 
-    def speedup(self, per_item: float) -> float:
-        """Throughput of two threads over one thread's (``per_item`` seconds)."""
-        return len(self.results) * per_item / max(self.wall, 1e-9)
+    def speedup(self, per_item: float, cpu_bound: bool = True) -> float:
+        """Throughput of two threads over one thread's: the items' count at
+        ``per_item`` seconds each over the wall time; for CPU-bound items,
+        no more than the two threads' own CPU time over the wall time (the
+        items of the trial may be shorter than the probe's median: uneven
+        work would otherwise look parallel)."""
+        wall = max(self.wall, 1e-9)
+        speedup = len(self.results) * per_item / wall
+        if cpu_bound and self.thread_cpu is not None:
+            speedup = min(speedup, self.thread_cpu / wall)
+        return speedup
 
 
-def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException]
-         ) -> list[tuple[Any, BaseException | None]]:
+def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException],
+         cpu: list[float]) -> list[tuple[Any, BaseException | None]]:
     out: list[tuple[Any, BaseException | None]] = []
+    began = time.thread_time()
     for item in items:
         try:
             out.append((call(item), None))
         except catch as exc:  # settled (or re-raised) by the caller, in order
             out.append((None, exc))
+    cpu.append(time.thread_time() - began)
     return out
 
 
@@ -111,13 +122,15 @@ def run_trial(call: Callable[[Any], Any], items: list[Any]) -> Trial:
     (the helper's half is bounded by TRIAL_SECONDS of work)."""
     half = len(items) // 2
     theirs: list[tuple[Any, BaseException | None]] = []
-    helper = threading.Thread(target=lambda: theirs.extend(_run(call, items[half:], BaseException)),
-                              name="parloop-trial", daemon=True)
+    cpu: list[float] = []
+    helper = threading.Thread(
+        target=lambda: theirs.extend(_run(call, items[half:], BaseException, cpu)),
+        name="parloop-trial", daemon=True)
     clock, cpu_clock = time.perf_counter, time.process_time
     began, cpu_began = clock(), cpu_clock()
     helper.start()
     try:
-        mine = _run(call, items[:half], Exception)
+        mine = _run(call, items[:half], Exception, cpu)
     finally:
         helper.join()
-    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began)
+    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began, sum(cpu))
