@@ -110,11 +110,12 @@ class ExecutorRunner(Runner):
     """``concurrent.futures.ProcessPoolExecutor().map`` (chunksize 1, its default)."""
 
     name = "PPE"
+    kind = "ProcessPoolExecutor"
 
     def __init__(self) -> None:
-        from concurrent.futures import ProcessPoolExecutor
+        import concurrent.futures
 
-        self._new_executor = ProcessPoolExecutor
+        self._new_executor = getattr(concurrent.futures, self.kind)
         self._executor: Any = None
 
     def cold(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
@@ -132,32 +133,13 @@ class ExecutorRunner(Runner):
         self._executor.shutdown()
 
 
-class ThreadsRunner(Runner):
+class ThreadsRunner(ExecutorRunner):
     """``concurrent.futures.ThreadPoolExecutor().map`` (its default
     ``min(32, cpus + 4)`` threads, chunksize 1): the peer that wins when the
     function releases the GIL."""
 
     name = "threads"
-
-    def __init__(self) -> None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        self._new_executor = ThreadPoolExecutor
-        self._executor: Any = None
-
-    def cold(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
-        with self._new_executor() as executor:
-            return list(executor.map(fn, items)), {}
-
-    def open(self, fn: Callable[[Any], Any], warmup: list[Any]) -> None:
-        self._executor = self._new_executor()
-        list(self._executor.map(fn, warmup))
-
-    def again(self, fn: Callable[[Any], Any], items: list[Any]) -> tuple[list[Any], Info]:
-        return list(self._executor.map(fn, items)), {}
-
-    def close(self) -> None:
-        self._executor.shutdown()
+    kind = "ThreadPoolExecutor"
 
 
 class JoblibRunner(Runner):

@@ -233,3 +233,13 @@ class LoadsNowhere:
 
     def __reduce__(self) -> Any:
         return (_refuse, (0,))
+
+
+class FakeClock:
+    """A clock the planner's tests move by hand: decisions on synthetic costs."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now

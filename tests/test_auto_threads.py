@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 import pytest
+from helpers import FakeClock
 
 from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
@@ -18,14 +19,6 @@ from parloop._planner import MARGIN, PoolCost, Probe, from_history
 from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, thread_count
 
 # -- synthetic -------------------------------------------------------------------------------
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def warm_pool() -> PoolCost:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from helpers import FakeClock
 
 from parloop import parallel_for
 from parloop._costs import PIPE_BYTES_PER_SECOND, pickle_round_trip, transfer_seconds
@@ -23,14 +24,6 @@ from parloop._planner import (
     from_history,
     projections,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def never_asked() -> PoolCost:

@@ -70,6 +70,13 @@ class _Steps:
         self.head = HeadStart(self.prepare, self.start, self.send, after)  # type: ignore[arg-type]
         return self.head
 
+    def armed(self, after: float) -> HeadStart:
+        """A head start armed as the caller takes its first item."""
+        head = self.make(after)
+        self.source.take(1)
+        head.arm()
+        return head
+
 
 def _wait_for(condition: Any, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
@@ -82,9 +89,7 @@ def _wait_for(condition: Any, seconds: float = 10.0) -> None:
 def test_a_quick_first_item_closes_it_before_anything_starts() -> None:
     source = Input(list(range(10)))
     steps = _Steps(source)
-    head = steps.make(after=0.02)
-    source.take(1)
-    head.arm()
+    head = steps.armed(after=0.02)
     assert head.settle() is False  # the first item took no time at all
     time.sleep(0.1)  # past when it would have started the fork server
     assert steps.ran == []
@@ -96,9 +101,7 @@ def test_a_quick_first_item_closes_it_before_anything_starts() -> None:
 def test_once_fired_the_pool_takes_the_next_items_and_the_caller_stops_reading() -> None:
     source = Input(list(range(10)))
     steps = _Steps(source)
-    head = steps.make(after=0.02)
-    source.take(1)
-    head.arm()
+    head = steps.armed(after=0.02)
     _wait_for(lambda: head.sent)
     assert head.settle() is True
     assert steps.ran == ["prepare", "start", "send"]
@@ -113,9 +116,7 @@ def test_once_fired_the_pool_takes_the_next_items_and_the_caller_stops_reading()
 def test_the_caller_keeps_running_items_while_the_pool_starts() -> None:
     source = Input(list(range(5)))
     steps = _Steps(source, start_delay=0.3)
-    head = steps.make(after=0.01)
-    source.take(1)
-    head.arm()
+    head = steps.armed(after=0.01)
     _wait_for(lambda: head.fired_at is not None)
     assert head.settle() is True
     ran_here = []
@@ -136,9 +137,7 @@ def test_the_caller_keeps_running_items_while_the_pool_starts() -> None:
 def test_a_pool_that_cannot_start_leaves_the_caller_alone() -> None:
     source = Input(list(range(4)))
     steps = _Steps(source, fail=True)
-    head = steps.make(after=0.01)
-    source.take(1)
-    head.arm()
+    head = steps.armed(after=0.01)
     _wait_for(lambda: head.error is not None)
     assert isinstance(head.error, OSError)
     assert head.take(source) == ([1], None)
@@ -149,9 +148,7 @@ def test_a_pool_that_cannot_start_leaves_the_caller_alone() -> None:
 def test_nothing_to_send_gives_the_pool_back() -> None:
     source = Input(list(range(4)))
     steps = _Steps(source, per_send=0)
-    head = steps.make(after=0.01)
-    source.take(1)
-    head.arm()
+    head = steps.armed(after=0.01)
     assert steps.lease.released.wait(10)
     assert head.closed and head.sent == []
     assert head.take(source) == ([1], None)
