@@ -55,7 +55,7 @@ def test_input_that_ends_while_the_pool_starts_is_a_serial_run_and_the_pool_stay
     def items() -> Iterator[float]:  # unknown length: a pool is started at once
         yield from [0.02] * 10
 
-    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver", thread_safe=False)
     assert fn(items()) == [os.getpid()] * 10
     plan = fn.last_plan
     assert plan is not None and plan.backend == "serial"
@@ -95,7 +95,8 @@ def test_two_calls_starting_pools_at_once_leave_the_switch_interval_as_it_was(
 
     def one_call(workers: int) -> None:
         # Different worker counts: two pools, each started by its own call.
-        fn = parallel_for(pid_then_sleep, workers=workers, start_method="forkserver")
+        fn = parallel_for(pid_then_sleep, workers=workers, start_method="forkserver",
+                          thread_safe=False)
         results.append(fn([0.01] * 60))
 
     threads = [threading.Thread(target=one_call, args=(n,)) for n in (2, 3)]
@@ -111,7 +112,7 @@ def test_two_calls_starting_pools_at_once_leave_the_switch_interval_as_it_was(
 def test_an_item_longer_than_the_start_waits_for_the_pool_instead_of_running_here() -> None:
     # 1 s items: the pool (well under 1 s to start) must get items 1 and 2 at
     # once, rather than the caller starting item 1 and the pool idling behind it.
-    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver")
+    fn = parallel_for(pid_then_sleep, workers=2, start_method="forkserver", thread_safe=False)
     started = time.monotonic()
     pids = fn([1.0] * 3)
     took = time.monotonic() - started

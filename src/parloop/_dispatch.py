@@ -171,8 +171,8 @@ class _Call:
             yield from self.loop.run()
 
     def _auto(self) -> Iterator[list[Any]]:
-        """Probe (unless the function's previous call already decides), then
-        choose serial or process."""
+        """Probe (unless what earlier calls measured already decides), then
+        choose serial, threads or processes."""
         plan = self.plan
         history = self.history = _costs.recall(self.job.fn)
         verdict = _planner.from_history(self.source.total, history, self._pool_cost,
@@ -190,7 +190,7 @@ class _Call:
             verdict = self.loop.verdict
             assert verdict is not None
             self.stats.caller_per_item, self.stats.probed = verdict.per_item, True
-            if self.loop.trial_speedup is not None:
+            if self.loop.trial_speedup is not None and self.loop.trial_sure:
                 _costs.remember(self.job.fn, self.loop.trial_speedup, "trial")
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
         if verdict.serial_more is None:

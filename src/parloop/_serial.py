@@ -13,7 +13,7 @@ from ._input import Input
 from ._planner import PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
-from ._threads import run_trial
+from ._threads import TRIAL_SURE, run_trial
 from .errors import stop_iteration_error
 
 __all__ = ["SerialLoop"]
@@ -44,6 +44,7 @@ class SerialLoop:
         self.threads = False  # the probe may try threads (thread_safe=True, backend="auto")
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
+        self.trial_sure = False  # ... over long enough to keep for later calls
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None)."""
@@ -138,7 +139,10 @@ class SerialLoop:
             return
         trial = run_trial(self.call, items)
         probe.note_trial(trial)
+        # A trial shorter than TRIAL_SURE decides this call only: two items of
+        # a millisecond on each thread are too few to be sure for later calls.
         self.trial_speedup = probe.trial_speedup
+        self.trial_sure = trial.wall >= TRIAL_SURE
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:
