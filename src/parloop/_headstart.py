@@ -79,7 +79,6 @@ class HeadStart:
         self._wake = _thread.allocate_lock()  # released by close(): stop waiting
         self._wake.acquire()
         self._woken = False
-        self._working = False  # in a step (for tests and debugging)
         self._thread: threading.Thread | None = None  # the named thread, once there is work
         self._began = 0.0
 
@@ -141,14 +140,11 @@ class HeadStart:
         with self.lock:
             if self.closed:
                 return False
-            self._working = True
         switch_often(True)  # its many small steps, against a CPU-bound caller
         try:
             step()
         finally:
             switch_often(False)
-            with self.lock:
-                self._working = False
         return True
 
     def _main(self) -> None:

@@ -173,7 +173,7 @@ class SerialLoop:
         taken through it, and once its pool has taken the next ones the
         probe ends with ``head_started`` set and no verdict."""
         probe = Probe(self.source.total, pool, threads=self.threads, history=self.history)
-        call, source, sink, clock = self.call, self.source, self.sink, time.perf_counter
+        call, source, clock = self.call, self.source, time.perf_counter
         cpu_clock = time.process_time
         self.verdict = None
         while True:
@@ -205,10 +205,7 @@ class SerialLoop:
                 probe.keep_first(item, result)
                 if head is not None and not head.settle():
                     head = None  # it did not fire: the item was quick
-            if sink is not None:
-                sink.append(result)
-            else:
-                yield [result]
+            yield from self._emit([result])
             if probe.done(source.index) and not (
                     head is not None and not head.closed and probe.parallel(source.index)):
                 # With a head start's pool to come, the caller runs items until it is up.
