@@ -89,33 +89,45 @@ def libraries_of_main() -> list[str]:
     return found
 
 
-def revive_tracker() -> None:
-    """multiprocessing's resource tracker, which forkserver and spawn
-    children are handed, may have been killed (the OOM killer, a stray
-    ``kill``): forget the dead one, so that the next use starts another
-    without the warning multiprocessing prints then. parloop's workers keep
-    no resources in it; the warning would only alarm."""
+def start_tracker() -> None:
+    """Have multiprocessing's resource tracker running, which forkserver and
+    spawn children are handed, without touching this thread's signal mask.
+
+    * The tracker may have been killed (the OOM killer, a stray ``kill``):
+      the dead one is forgotten first, so the new one starts without the
+      warning multiprocessing prints then (parloop's workers keep no
+      resources in it; the warning would only alarm).
+    * Its start unblocks SIGINT unconditionally once it has spawned
+      (bpo-33613's guard restores with ``SIG_UNBLOCK``, not the old mask).
+      The fork server and every worker are spawned with SIGINT blocked, and
+      a tracker started inside that region silently undid it: the server
+      then printed a KeyboardInterrupt of its own for a Ctrl-C 50 ms in.
+      Started here first, the tracker is found running inside the region."""
     from multiprocessing import resource_tracker
 
     tracker: Any = resource_tracker._resource_tracker
     try:
         with tracker._lock:
-            if tracker._fd is None or tracker._check_alive():
-                return
-            os.close(tracker._fd)
-            with contextlib.suppress(ChildProcessError):
-                if tracker._pid is not None:
-                    os.waitpid(tracker._pid, 0)
-            tracker._fd = tracker._pid = None
+            if tracker._fd is not None and not tracker._check_alive():
+                os.close(tracker._fd)
+                with contextlib.suppress(ChildProcessError):
+                    if tracker._pid is not None:
+                        os.waitpid(tracker._pid, 0)
+                tracker._fd = tracker._pid = None
     except AttributeError:  # its insides changed: let it relaunch (and warn) itself
         pass
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, set())
+    try:
+        tracker.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def ensure_running() -> None:
     """Start the server if it is not running (or has died). Called from the
     caller's own thread before a pool starts in another one: the spawn
     blocks SIGINT for a moment, which only the calling thread's mask sees."""
-    revive_tracker()
+    start_tracker()
     with _server_lock:
         if _alive():
             return
@@ -203,7 +215,7 @@ class _SpawnPopen(popen_spawn_posix.Popen):
     def _launch(self, process_obj: Any) -> None:
         from multiprocessing import resource_tracker
 
-        revive_tracker()
+        start_tracker()
         tracker: int = resource_tracker.getfd()  # type: ignore[assignment]
         self._fds.append(tracker)
         data = _payload(self, process_obj)
