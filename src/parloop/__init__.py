@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cpu import cpu_count as cpu_count
 from .errors import BackendUnavailableError as BackendUnavailableError
+from .errors import CheckpointError as CheckpointError
 from .errors import ParloopError as ParloopError
 from .errors import ParloopWarning as ParloopWarning
 from .errors import RemoteUnpicklingError as RemoteUnpicklingError
@@ -20,6 +21,7 @@ from .errors import UnpicklableError as UnpicklableError
 from .errors import WorkerCrashedError as WorkerCrashedError
 
 if TYPE_CHECKING:
+    from ._checkpoint import Checkpoint as Checkpoint
     from ._entry import parallel_for as parallel_for
     from ._plan import Plan as Plan
     from ._types import ParallelFunction as ParallelFunction
@@ -28,6 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError",
+    "Checkpoint",
+    "CheckpointError",
     "ParallelFunction",
     "ParloopError",
     "ParloopWarning",
@@ -44,7 +48,7 @@ __all__ = [
 # imports parloop's backend modules, which run this file: they must not pay
 # for the decorator (wrapt) nor the engine. ``from parloop import
 # parallel_for`` loads what decorating needs, and no more.
-_LAZY = {"parallel_for": "._entry", "Plan": "._plan", "ParallelFunction": "._types"}
+_LAZY = {"parallel_for": "._entry", "Checkpoint": "._checkpoint", "Plan": "._plan", "ParallelFunction": "._types"}
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,8 @@
   the Python build (free-threaded or not).
 * ``python -m parloop bench [args]``: runs the benchmark suite of a source
   checkout (``python -m benchmarks [args]``).
+* ``python -m parloop checkpoint FILE [--clear [NAME]]``: what a checkpoint
+  file holds (functions, items done, size); ``--clear`` deletes results.
 
 Nothing here imports an optional backend: ``find_spec`` answers whether it
 is installed without paying for (or being broken by) its import.
@@ -142,6 +144,47 @@ def bench(args: Sequence[str]) -> int:
     return subprocess.call([sys.executable, "-m", "benchmarks", *args], cwd=root)
 
 
+def _size(count: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1024 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count:.1f} GB"
+
+
+def checkpoint_lines(path: str, clear: str | None = None) -> list[str]:
+    """The report ``python -m parloop checkpoint FILE`` prints (after
+    deleting results when ``clear`` is given: "" for all, else a name)."""
+    import time
+
+    from ._checkpoint import Checkpoint
+
+    checkpoint = Checkpoint(path)
+    lines = []
+    if clear is not None:
+        from ._store import Store
+
+        store = Store(path)
+        try:
+            module, _, qualname = clear.rpartition(":") if ":" in clear else ("", "", clear)
+            deleted = store.clear(module or None, qualname or None) if clear else store.clear()
+        finally:
+            store.close()
+        lines.append(f"cleared {deleted} results" + (f" of {clear}" if clear else ""))
+    rows = checkpoint.summary()
+    files = [path + suffix for suffix in ("", "-wal", "-shm")]
+    size = sum(os.path.getsize(f) for f in files if os.path.exists(f))
+    done = sum(row.done for row in rows)
+    lines.append(f"{os.path.abspath(path)}: {len(rows)} function versions, {done} results, "
+                 f"{_size(size)} on disk")
+    for row in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(row.written or row.created))
+        errors = f", {row.errors} errors" if row.errors else ""
+        lines.append(f"  {row.module}:{row.qualname}  code {row.code[:8]}  args {row.args[:8]}  "
+                     f"{row.done} done{errors}  {_size(row.size)}  last written {when}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m parloop``; returns the exit status."""
     parser = argparse.ArgumentParser(
@@ -151,12 +194,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("info", help="usable CPUs, start method, backends, Python build")
     commands.add_parser("bench", help="run the benchmark suite (python -m benchmarks ARGS)",
                         add_help=False)
+    summary = commands.add_parser(
+        "checkpoint", help="what a checkpoint= file holds: functions, items done, size")
+    summary.add_argument("file")
+    summary.add_argument("--clear", nargs="?", const="", default=None, metavar="NAME",
+                         help="delete the stored results first: all, or those of NAME "
+                              "(a qualname such as 'sweep' or 'module:sweep')")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["bench"]:
         return bench(argv[1:])  # verbatim: the suite parses its own arguments
     args = parser.parse_args(argv)
     if args.command == "info":
         print("\n".join(info_lines()))
+        return 0
+    if args.command == "checkpoint":
+        from .errors import CheckpointError
+
+        try:
+            print("\n".join(checkpoint_lines(args.file, args.clear)))
+        except CheckpointError as exc:
+            print(f"python -m parloop checkpoint: {exc}", file=sys.stderr)
+            return 1
         return 0
     parser.print_help()
     return 2

@@ -55,7 +55,10 @@ from ._stats import RunStats
 from .backends.base import Job
 from .errors import ParloopWarning, warn
 
-__all__ = ["run"]
+__all__ = ["Ledger", "run"]
+
+#: told the results of items start, start + 1, ... as they are made (``checkpoint=``)
+Ledger = Callable[[int, "list[Any]"], None]
 
 # The library only emits records; configuring handlers is the application's call.
 logger = logging.getLogger("parloop")
@@ -64,11 +67,15 @@ logger = logging.getLogger("parloop")
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         kwargs: dict[str, Any], options: Options, block: _scope.Block | None,
         record: Callable[[Plan], None], eager_errors: bool = True, sink: list[Any] | None = None,
-        abort: threading.Event | None = None) -> Generator[list[Any], None, None]:
+        abort: threading.Event | None = None, ledger: Ledger | None = None
+        ) -> Generator[list[Any], None, None]:
     """Run ``fn`` over ``items``; yield lists of results, or with ``sink``
     (a list call), add them to it. ``record`` receives the plan at the end.
-    ``abort`` (set by another thread) cancels the call as it waits."""
+    ``abort`` (set by another thread) cancels the call as it waits.
+    ``ledger(start, values)`` is told every result as it is made, before
+    any reordering: ``values`` are those of items ``start``, ``start + 1``..."""
     call = _Call(fn, items, args, kwargs, options, block, eager_errors, sink)
+    call.loop.ledger = ledger
     call.abort = abort
     progress = make_progress(options.progress, call.source.total,
                              getattr(fn, "__name__", "parloop"))
@@ -151,6 +158,7 @@ class _Call:
         plan.chunksize = sizer.next(self.source.remaining)
         flow = Flow(self.job, self.source, self.policy, self.stats, lease.backend, sizer,
                     self.workers, self.options.ordered, self.abort)
+        flow.ledger = self.loop.ledger
         if self.head is not None and self.loop.head_started:
             flow.adopt(self.head.sent)
         if self.options.backend == "auto" and self.stats.caller_per_item:

@@ -7,6 +7,11 @@ from typing import TYPE_CHECKING, Any, Concatenate, Literal, ParamSpec, TypedDic
 
 from ._api import _MISSING, ParallelFor, parallel_for_impl
 
+if TYPE_CHECKING:
+    import os
+
+    from ._checkpoint import Checkpoint
+
 if TYPE_CHECKING:  # annotations only: not imported when the package is
     from typing_extensions import Never, Unpack
 
@@ -37,6 +42,7 @@ class CommonOptions(TypedDict, total=False):
     address: str | None
     max_items_per_worker: int | None
     thread_safe: bool
+    checkpoint: str | os.PathLike[str] | Checkpoint | None
 
 
 @overload
@@ -112,7 +118,9 @@ def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:
     "return": an item's exception takes its result's place), ``star`` (each
     item is a tuple of arguments), ``progress`` (True, or a callable
     ``(done, total)``), ``start_method``, ``retries`` and ``retry_on``,
-    ``client`` and ``address`` (Dask / Ray).
+    ``client`` and ``address`` (Dask / Ray), ``thread_safe``, and
+    ``checkpoint`` (a file, or a :class:`~parloop.Checkpoint`: finished
+    results are stored there, and a later call runs only the rest).
 
     Raises TypeError for a wrong option type or an unknown option, ValueError
     for a bad value, :class:`~parloop.UnpicklableError` when work must go to

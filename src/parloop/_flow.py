@@ -47,6 +47,7 @@ class Flow:
         self.window = 2 * workers
         self.ordered = ordered
         self.abort = abort  # set by another thread: cancel the call
+        self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
         self.in_flight = 0
         self.exhausted = False
         self.input_error: BaseException | None = None
@@ -184,7 +185,11 @@ class Flow:
         self.job.item_seconds = self.sizer.per_item
         self.stats.account(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None
+        if self.ledger is not None:
+            self._tell(outcome, errors=False)  # before _settle, which may raise
         self._settle(outcome, parent)
+        if self.ledger is not None and outcome.errors:
+            self._tell(outcome, errors=True)  # errors="return": each exception in its place
         if parent is not None:  # a retried item: fill its hole
             value = outcome.values[0]
             if value is _HOLE:  # retried again; _settle put the hole back
@@ -213,6 +218,18 @@ class Flow:
                 self.raised = exc
                 raise exc
             yield piece.values
+
+    def _tell(self, outcome: Outcome, errors: bool) -> None:
+        """The ledger learns ``outcome``'s results (or its settled errors)."""
+        assert self.ledger is not None
+        start, values, failed = outcome.start, outcome.values, outcome.errors
+        if not failed:
+            if not errors:
+                self.ledger(start, values)
+            return
+        for offset, value in enumerate(values):
+            if ((start + offset) in failed) == errors and value is not _HOLE:
+                self.ledger(start + offset, [value])
 
     def _settle(self, outcome: Outcome, parent: Outcome | None) -> None:
         """Each error: retry it, keep it (errors="return") or raise it.

@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": None, "backend": "auto", "ordered": True, "chunksize": None, "timeout": None,
     "errors": "raise", "star": False, "progress": False, "start_method": None, "retries": 0,
     "retry_on": (), "client": None, "address": None, "max_items_per_worker": None,
-    "thread_safe": True,
+    "thread_safe": True, "checkpoint": None,
 }
 NAMES = tuple(DEFAULTS)
 
@@ -49,6 +49,7 @@ class Options:
     address: str | None
     max_items_per_worker: int | None
     thread_safe: bool
+    checkpoint: Any  # a _checkpoint.Checkpoint, or None
 
     def __init__(self, **given: Any) -> None:
         for name, default in DEFAULTS.items():
@@ -58,6 +59,10 @@ class Options:
 
     def __repr__(self) -> str:
         return f"Options({', '.join(f'{n}={getattr(self, n)!r}' for n in NAMES)})"
+
+    def replace(self, **changes: Any) -> Options:
+        """A copy with ``changes``."""
+        return Options(**{**{name: getattr(self, name) for name in NAMES}, **changes})
 
     def worker_count(self) -> int:
         """``workers`` as a positive count of processes or threads."""
@@ -159,6 +164,11 @@ def _check(name: str, value: Any) -> None:
                              f"got {value}")
     elif name == "address" and value is not None and not isinstance(value, str):
         raise wrong("a string such as 'tcp://host:8786' or None")
+    elif name == "checkpoint" and value is not None:
+        from ._checkpoint import Checkpoint
+
+        if not isinstance(value, (str, os.PathLike, Checkpoint)):
+            raise wrong("a file name, a path, a parloop.Checkpoint or None")
 
 
 def validate(options: Mapping[str, Any]) -> dict[str, Any]:
@@ -174,6 +184,10 @@ def validate(options: Mapping[str, Any]) -> dict[str, Any]:
         _check(name, value)
         if name == "retry_on" and isinstance(value, type):
             value = (value,)
+        if name == "checkpoint" and isinstance(value, (str, os.PathLike)):
+            from ._checkpoint import Checkpoint
+
+            value = Checkpoint(value)
         out[name] = value
     return out
 

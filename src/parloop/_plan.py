@@ -53,6 +53,10 @@ class Plan:
     slowest: list[tuple[int, float]] = field(default_factory=list)
     #: seconds per item as this call measured them (the next call's first guess)
     per_item: float | None = None
+    #: with ``checkpoint=``: results read back from it, results stored in it, its file
+    restored: int = 0
+    stored: int = 0
+    checkpoint: str | None = None
 
     @property
     def reason(self) -> str:

@@ -32,10 +32,16 @@ class Progress:
         self.total = total
         self.label = label
         self.done = 0
+        self.restored = 0  # of ``done``: read back from a checkpoint, not run
         self.started = time.monotonic()
 
     def update(self, count: int) -> None:
         self.done += count
+
+    def restore(self, count: int) -> None:
+        """``count`` results came from a checkpoint."""
+        self.restored += count
+        self.update(count)
 
     def close(self) -> None:
         pass
@@ -64,6 +70,11 @@ class _Tqdm(Progress):
         self.done += count
         self.bar.update(count)
 
+    def restore(self, count: int) -> None:
+        self.restored += count
+        self.bar.set_postfix_str(f"{self.restored} from checkpoint", refresh=False)
+        self.update(count)
+
     def close(self) -> None:
         self.bar.close()
 
@@ -83,6 +94,8 @@ class _Counter(Progress):
             count = f"{self.done}/{self.total} items ({100 * self.done / self.total:.0f}%)"
         else:
             count = f"{self.done} items"
+        if self.restored:
+            count += f", {self.restored} from checkpoint"
         return f"{self.label}: {count} in {elapsed:.1f} s, {rate:.1f} items/s"
 
     def update(self, count: int) -> None:

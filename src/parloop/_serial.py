@@ -45,10 +45,12 @@ class SerialLoop:
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
+        self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None)."""
-        if limit is None and self.sink is not None and self.source.in_sequence():
+        if limit is None and self.sink is not None and self.ledger is None \
+                and self.source.in_sequence():
             self._into_sink(self.sink)
             return
         size = 1 if self.responsive else SERIAL_BATCH
@@ -61,6 +63,8 @@ class SerialLoop:
                 began = time.perf_counter()
                 self.source.index = start  # _chunk advances it item by item, for notes
                 batch, failure = self._chunk(chunk)
+                if self.ledger is not None and batch:
+                    self.ledger(start, batch)
                 if batch:
                     yield batch  # the results before a failure still reach an iterator
                 if failure is not None:
@@ -152,14 +156,17 @@ class SerialLoop:
                     result = self.policy.settle(self.call, items[offset], exc, start + offset)
                 except Exception:
                     if batch:
-                        yield from self._emit(batch)
+                        yield from self._emit(batch, start)
                     raise
             batch.append(result)
-        yield from self._emit(batch)
+        yield from self._emit(batch, start)
         if error is not None:
             raise error
 
-    def _emit(self, batch: list[Any]) -> Iterator[list[Any]]:
+    def _emit(self, batch: list[Any], start: int) -> Iterator[list[Any]]:
+        """``batch``, the results of items ``start``, ``start + 1``..., out."""
+        if self.ledger is not None:
+            self.ledger(start, batch)
         if self.sink is not None:
             self.sink.extend(batch)
         else:
@@ -205,7 +212,7 @@ class SerialLoop:
                 probe.keep_first(item, result)
                 if head is not None and not head.settle():
                     head = None  # it did not fire: the item was quick
-            yield from self._emit([result])
+            yield from self._emit([result], index)
             if probe.done(source.index) and not (
                     head is not None and not head.closed and probe.parallel(source.index)):
                 # With a head start's pool to come, the caller runs items until it is up.

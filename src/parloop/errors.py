@@ -9,7 +9,9 @@ The tree::
      |    +-- WorkerCrashedError         a worker process died while it held items
      |    +-- TaskTimeoutError           (also TimeoutError) an item ran past ``timeout=``
      |    +-- RemoteUnpicklingError      an item or a result could not be unpickled on
-     |                                   the other side; only that item fails
+     |    |                              the other side; only that item fails
+     |    +-- CheckpointError            a ``checkpoint=`` file cannot be used: not a
+     |                                   checkpoint, unwritable, or in use by another call
      +-- ImportError
           +-- BackendUnavailableError    (also ParloopError) the backend's extra is missing
 
@@ -23,6 +25,7 @@ formatted traceback as ``exc.__cause__`` (a :class:`RemoteTraceback`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import reprlib
@@ -31,6 +34,7 @@ import warnings
 
 __all__ = [
     "BackendUnavailableError",
+    "CheckpointError",
     "ParloopError",
     "ParloopWarning",
     "RemoteTraceback",
@@ -111,6 +115,12 @@ def _rebuild_unpickling(message: str, item: int | None) -> RemoteUnpicklingError
     return RemoteUnpicklingError(message, item=item)
 
 
+class CheckpointError(ParloopError):
+    """A ``checkpoint=`` file cannot be used: it is not a parloop checkpoint
+    (or is damaged), cannot be written, or the same function is running on
+    it in another call. The message names the file and what to do."""
+
+
 class BackendUnavailableError(ParloopError, ImportError):
     """The chosen backend needs an optional extra that is not installed.
 
@@ -140,7 +150,29 @@ def note_item(exc: BaseException, index: int, item: object) -> BaseException:
     if isinstance(exc, RemoteUnpicklingError) and exc.item is None:
         return exc  # the function itself did not load: no item is to blame
     add_note(exc, f"parloop: raised by item #{index}: {short_repr(item)}")
+    with contextlib.suppress(AttributeError, TypeError):  # an exception without a __dict__
+        exc._parloop_index = index  # type: ignore[attr-defined]
     return exc
+
+
+def item_index(exc: BaseException) -> int | None:
+    """The index of the item ``exc`` was raised by, when parloop named it."""
+    index = getattr(exc, "_parloop_index", None)
+    return index if isinstance(index, int) else None
+
+
+def renumber_item(exc: BaseException, index: int) -> None:
+    """Make ``exc``'s note name item ``index`` (a checkpointed call runs
+    only the items not stored, numbered among themselves)."""
+    old = item_index(exc)
+    notes = getattr(exc, "__notes__", None)
+    if old is None or old == index or not isinstance(notes, list):
+        return
+    prefix = f"parloop: raised by item #{old}: "
+    for position, note in enumerate(notes):
+        if isinstance(note, str) and note.startswith(prefix):
+            notes[position] = f"parloop: raised by item #{index}: " + note[len(prefix):]
+    exc._parloop_index = index  # type: ignore[attr-defined]
 
 
 def stop_iteration_error(fn: object, cause: BaseException | None) -> RuntimeError:
