@@ -179,7 +179,7 @@ def test_two_processes_on_one_file_the_second_gets_a_clear_error(tmp_path: Path)
 def test_a_file_that_is_not_sqlite_is_refused_by_name(tmp_path: Path) -> None:
     path = tmp_path / "notes.txt"
     path.write_text("my notes, not a database\n" * 100)
-    with pytest.raises(CheckpointError, match="notes.txt.*is not a parloop checkpoint"):
+    with pytest.raises(CheckpointError, match=r"notes\.txt.*is not a parloop checkpoint"):
         parallel_for(square, checkpoint=str(path))(range(3))
     assert path.read_text().startswith("my notes")  # untouched
 
@@ -189,7 +189,7 @@ def test_a_foreign_sqlite_file_is_refused_and_left_alone(tmp_path: Path) -> None
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.execute("CREATE TABLE users (name TEXT)")
         db.commit()
-    with pytest.raises(CheckpointError, match="app.db.*SQLite file but not a parloop checkpoint"):
+    with pytest.raises(CheckpointError, match=r"app\.db.*SQLite file but not a parloop checkpoint"):
         parallel_for(square, checkpoint=path)(range(3))
     with contextlib.closing(sqlite3.connect(path)) as db:
         assert [r[0] for r in db.execute("SELECT name FROM sqlite_master")] == ["users"]
@@ -203,12 +203,12 @@ def test_a_damaged_checkpoint_is_an_error_naming_the_file(tmp_path: Path) -> Non
     path.write_bytes(bytes(data))
     for suffix in ("-wal", "-shm"):
         Path(str(path) + suffix).unlink(missing_ok=True)
-    with pytest.raises(CheckpointError, match="sweep.db"):
+    with pytest.raises(CheckpointError, match=r"sweep\.db"):
         parallel_for(square, checkpoint=path)(range(50))
 
 
 def test_a_folder_that_does_not_exist_is_an_error_naming_the_file(tmp_path: Path) -> None:
-    with pytest.raises(CheckpointError, match="nowhere/sweep.db"):
+    with pytest.raises(CheckpointError, match=r"nowhere/sweep\.db"):
         parallel_for(square, checkpoint=tmp_path / "nowhere" / "sweep.db")(range(3))
 
 

@@ -131,3 +131,31 @@ def test_bench_finds_the_source_checkout_s_suite_from_anywhere(tmp_path: Path) -
     done = _run("bench", "--help", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: python -m benchmarks")
+
+
+@pytest.mark.timeout(60)
+def test_checkpoint_summarises_a_file_and_clears_it(tmp_path: Path) -> None:
+    from helpers import square
+
+    from parloop import parallel_for
+
+    db = tmp_path / "sweep.db"
+    parallel_for(square, checkpoint=db, backend="serial")(range(7))
+    done = _run("checkpoint", str(db))
+    assert done.returncode == 0, done.stderr
+    assert f"{db}: 1 function versions, 7 results" in done.stdout
+    assert re.search(r"^  helpers:square  code \w{8}  args \w{8}  7 done ", done.stdout,
+                     re.MULTILINE), done.stdout
+    cleared = _run("checkpoint", str(db), "--clear", "square")
+    assert cleared.returncode == 0 and "cleared 7 results of square" in cleared.stdout
+    assert "0 done" in cleared.stdout
+
+
+@pytest.mark.timeout(60)
+def test_checkpoint_of_a_missing_or_foreign_file_says_so(tmp_path: Path) -> None:
+    missing = _run("checkpoint", str(tmp_path / "none.db"))
+    assert missing.returncode == 1 and "there is no checkpoint file" in missing.stderr
+    assert not (tmp_path / "none.db").exists()
+    (tmp_path / "text.db").write_text("hello\n" * 50)
+    foreign = _run("checkpoint", str(tmp_path / "text.db"))
+    assert foreign.returncode == 1 and "is not a parloop checkpoint" in foreign.stderr

@@ -411,3 +411,17 @@ def test_a_ray_address_other_than_the_running_ray_is_not_silently_ignored(engine
 
     with pytest.warns(ParloopWarning, match="already initialised"):
         parallel_for(square, address="10.9.8.7:6379", **engine.options)(range(3))
+
+
+@pytest.mark.timeout(120)
+def test_a_checkpoint_keeps_results_and_a_rerun_sends_only_the_rest(
+        engine: Engine, tmp_path: Path) -> None:
+    db = tmp_path / "sweep.db"
+    fn = parallel_for(square, checkpoint=db, **engine.options)
+    assert fn(range(30)) == [x * x for x in range(30)]
+    assert fn(range(50)) == [x * x for x in range(50)]
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == engine.name
+    assert plan.restored == 30 and plan.items == 20 and plan.stored == 20
+    assert sorted(parallel_for(square, checkpoint=db, ordered=False, **engine.options)(
+        range(50))) == sorted(x * x for x in range(50))

@@ -48,7 +48,8 @@ __all__ = [
 # imports parloop's backend modules, which run this file: they must not pay
 # for the decorator (wrapt) nor the engine. ``from parloop import
 # parallel_for`` loads what decorating needs, and no more.
-_LAZY = {"parallel_for": "._entry", "Checkpoint": "._checkpoint", "Plan": "._plan", "ParallelFunction": "._types"}
+_LAZY = {"parallel_for": "._entry", "Checkpoint": "._checkpoint", "Plan": "._plan",
+         "ParallelFunction": "._types"}
 
 
 def __getattr__(name: str) -> Any:

@@ -38,8 +38,7 @@ from ._options import Options
 from ._plan import Plan
 from ._progress import make_progress
 from ._store import FunctionRow, Store
-from .errors import (CheckpointError, ParloopWarning, add_note, item_index, renumber_item,
-                     short_repr, warn)
+from .errors import CheckpointError, ParloopWarning, add_note, item_index, renumber_item, short_repr, warn
 
 __all__ = ["Checkpoint", "Ledger", "identity", "run"]
 
@@ -182,7 +181,7 @@ def _code_hash(fn: Any) -> str:
     func = getattr(fn, "__func__", fn)  # a bound method: its function
     code = getattr(func, "__code__", None)
     if code is None:  # a callable object: its class's __call__
-        call = getattr(type(func), "__call__", None)
+        call = getattr(type(func), "__call__", None)  # noqa: B004 (its code, not a test)
         func = getattr(call, "__func__", call)
         code = getattr(func, "__code__", None)
     parts: list[bytes] = []

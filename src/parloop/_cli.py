@@ -162,9 +162,9 @@ def checkpoint_lines(path: str, clear: str | None = None) -> list[str]:
     checkpoint = Checkpoint(path)
     lines = []
     if clear is not None:
-        from ._store import Store
+        from ._checkpoint import _open
 
-        store = Store(path)
+        store = _open(path, create=False)
         try:
             module, _, qualname = clear.rpartition(":") if ":" in clear else ("", "", clear)
             deleted = store.clear(module or None, qualname or None) if clear else store.clear()
