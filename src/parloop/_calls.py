@@ -51,9 +51,9 @@ def start(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
     set from another thread, cancels it while it waits for results."""
     options, block = _settings(explicit, block)
     if options.checkpoint is not None and not _role.IN_WORKER:
-        from . import _checkpoint
+        from . import _resume
 
-        return _checkpoint.run(fn, items, args, kwargs, options, block, record,
+        return _resume.run(fn, items, args, kwargs, options, block, record,
                                eager_errors=sink is not None, sink=sink, abort=abort)
     return _dispatch.run(fn, items, args, kwargs, options, block, record,
                          eager_errors=sink is not None, sink=sink, abort=abort)

@@ -162,9 +162,9 @@ def checkpoint_lines(path: str, clear: str | None = None) -> list[str]:
     checkpoint = Checkpoint(path)
     lines = []
     if clear is not None:
-        from ._checkpoint import _open
+        from ._checkpoint import open_store
 
-        store = _open(path, create=False)
+        store = open_store(path, create=False)
         try:
             module, _, qualname = clear.rpartition(":") if ":" in clear else ("", "", clear)
             deleted = store.clear(module or None, qualname or None) if clear else store.clear()
