@@ -398,3 +398,37 @@ def test_a_second_call_on_the_same_function_while_one_runs_is_refused(tmp_path: 
         fn(range(3))
     running.close()
     assert fn(range(3)) == [0, 1, 4]  # the claim went with the first call
+
+
+def test_amap_and_aiter_read_back_and_store(tmp_path: Path) -> None:
+    import asyncio
+
+    db = tmp_path / "sweep.db"
+    fn = parallel_for(square, checkpoint=db, backend="thread", workers=2)
+
+    async def main() -> tuple[list[int], list[int]]:
+        first = await fn.amap(range(10))
+        second = [x async for x in fn.aiter(range(15))]
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert first == [x * x for x in range(10)] and second == [x * x for x in range(15)]
+    assert fn.last_plan is not None and fn.last_plan.restored == 10
+    assert stored(db) == 15
+
+
+def test_a_checkpoint_written_by_one_process_is_read_by_another(tmp_path: Path) -> None:
+    # The file is self-contained: a fresh interpreter (another PYTHONHASHSEED)
+    # finds the same keys for the same items and code.
+    db = tmp_path / "sweep.db"
+    code = ("import sys; sys.path.insert(0, 'tests'); from helpers import identity; "
+            "from parloop import parallel_for; f = parallel_for(identity, checkpoint=sys.argv[1]); "
+            "f([0, 'x', (2, 3.5), None, b'z', {'k': [1]}]); print(f.last_plan.restored)")
+    outputs = []
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", code, str(db)], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "PYTHONHASHSEED": seed},
+                              cwd=Path(__file__).parents[1])
+        assert done.returncode == 0, done.stderr
+        outputs.append(done.stdout.split())
+    assert outputs == [["0"], ["6"]]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 from typing_extensions import assert_type
 
-from parloop import ParallelFunction, Plan, parallel_for
+from parloop import Checkpoint, ParallelFunction, Plan, parallel_for
 
 
 @parallel_for
@@ -109,6 +110,13 @@ def forms() -> None:
     # A progress callback.
     assert_type(parallel_for(math.sqrt, progress=report)([1.0]), list[float])
 
+    # A checkpoint: a file name, a path or a Checkpoint.
+    assert_type(parallel_for(math.sqrt, checkpoint="sweep.db")([1.0]), list[float])
+    assert_type(parallel_for(math.sqrt, checkpoint=Path("sweep.db"))([1.0]), list[float])
+    keyed = Checkpoint("sweep.db", key=str, store_errors=True)
+    assert_type(parallel_for(math.sqrt, checkpoint=keyed)([1.0]), list[float])
+    assert_type(keyed.clear(square), int)
+
 
 async def async_forms() -> None:
     assert_type(await square.amap([1, 2]), list[int])
@@ -142,6 +150,8 @@ def rejected() -> None:
     parallel_for(math.sqrt, progress="yes")  # type: ignore[call-overload]
     parallel_for(math.sqrt, 4)  # type: ignore[call-overload]
     parallel_for(math.sqrt, wrokers=4)  # type: ignore[call-overload]
+    parallel_for(math.sqrt, checkpoint=3)  # type: ignore[call-overload]
+    Checkpoint("sweep.db", reuse="no")  # type: ignore[arg-type]
     # The loop form checks the items against the loop body.
 
     @parallel_for(["a", "b"])  # type: ignore[arg-type]
