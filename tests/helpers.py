@@ -243,3 +243,47 @@ class FakeClock:
 
     def __call__(self) -> float:
         return self.now
+
+
+# -- setup= ---------------------------------------------------------------------------------
+
+
+def note_setup(log: str) -> dict[str, Any]:
+    """A setup that writes one line per run to ``log`` (from any process)
+    and returns where it ran: the state the items get."""
+    import threading
+
+    from parloop import worker_id
+
+    try:
+        index = worker_id()
+    except RuntimeError:  # Ray gives its workers no index
+        index = -1
+    here = {"pid": os.getpid(), "thread": threading.get_ident(), "id": index}
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    try:
+        os.write(fd, f"{here['pid']} {here['thread']} {here['id']}\n".encode())
+    finally:
+        os.close(fd)
+    return here
+
+
+def failing_setup(log: str) -> Any:
+    note_setup(log)
+    raise ValueError("the model file is missing")
+
+
+def with_state(state: dict[str, Any], x: int, pause: float = 0.0) -> tuple[Any, ...]:
+    """Which state this item got, the worker_id() it saw, and the item."""
+    import threading
+
+    from parloop import worker_id
+
+    time.sleep(pause)
+    return state["pid"], state["thread"], state["id"], os.getpid(), threading.get_ident(), \
+        worker_id(), x
+
+
+def state_pid(state: dict[str, Any], x: int) -> tuple[int, int, int, int]:
+    """(the pid the state was made in, this item's pid, the state's worker id, x)."""
+    return state["pid"], os.getpid(), state["id"], x

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import add, die_on, fail_on, raise_base, sleep_then, square
+from helpers import add, die_on, fail_on, failing_setup, note_setup, raise_base, sleep_then, square, state_pid
 
 from parloop import TaskTimeoutError, UnpicklableError, WorkerCrashedError, _scope, parallel_for
 from parloop.errors import RemoteTraceback
@@ -425,3 +425,26 @@ def test_a_checkpoint_keeps_results_and_a_rerun_sends_only_the_rest(
     assert plan.restored == 30 and plan.items == 20 and plan.stored == 20
     assert sorted(parallel_for(square, checkpoint=db, ordered=False, **engine.options)(
         range(50))) == sorted(x * x for x in range(50))
+
+
+@pytest.mark.timeout(120)
+def test_setup_runs_once_per_worker_process_and_a_failure_is_one_error(
+        engine: Engine, tmp_path: Path) -> None:
+    import functools
+
+    from parloop import SetupError
+
+    log = tmp_path / "setup.log"
+    fn = parallel_for(state_pid, setup=functools.partial(note_setup, str(log)), chunksize=1,
+                      **engine.options)
+    results = fn(range(16))
+    assert [r[-1] for r in results] == list(range(16))
+    assert all(made == used for made, used, _, _ in results)  # made where it is used
+    pids = [int(line.split()[0]) for line in log.read_text().splitlines()]
+    assert len(pids) == len(set(pids))  # once per worker process
+    ids = {r[2] for r in results}
+    assert ids <= ({0, 1} if engine.name == "dask" else {-1})  # Ray: no index
+    failing = parallel_for(state_pid, setup=functools.partial(failing_setup, str(log)),
+                           errors="return", **engine.options)
+    with pytest.raises(SetupError, match=r"failing_setup\(\) raised ValueError"):
+        failing(range(8))

@@ -16,6 +16,7 @@ from .errors import CheckpointError as CheckpointError
 from .errors import ParloopError as ParloopError
 from .errors import ParloopWarning as ParloopWarning
 from .errors import RemoteUnpicklingError as RemoteUnpicklingError
+from .errors import SetupError as SetupError
 from .errors import TaskTimeoutError as TaskTimeoutError
 from .errors import UnpicklableError as UnpicklableError
 from .errors import WorkerCrashedError as WorkerCrashedError
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from ._entry import parallel_for as parallel_for
     from ._plan import Plan as Plan
     from ._types import ParallelFunction as ParallelFunction
+    from .backends._state import worker_id as worker_id
 
 __version__ = "0.1.0"
 
@@ -37,11 +39,13 @@ __all__ = [
     "ParloopWarning",
     "Plan",
     "RemoteUnpicklingError",
+    "SetupError",
     "TaskTimeoutError",
     "UnpicklableError",
     "WorkerCrashedError",
     "cpu_count",
     "parallel_for",
+    "worker_id",
 ]
 
 # Imported when first asked for. A worker process, or parloop's fork server,
@@ -49,7 +53,7 @@ __all__ = [
 # for the decorator (wrapt) nor the engine. ``from parloop import
 # parallel_for`` loads what decorating needs, and no more.
 _LAZY = {"parallel_for": "._entry", "Checkpoint": "._checkpoint", "Plan": "._plan",
-         "ParallelFunction": "._types"}
+         "ParallelFunction": "._types", "worker_id": ".backends._state"}
 
 
 def __getattr__(name: str) -> Any:

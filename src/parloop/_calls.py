@@ -37,10 +37,17 @@ def _settings(explicit: dict[str, Any], block: _scope.Block | None
               ) -> tuple[Options, _scope.Block | None]:
     """The options of a call, and the block it runs in: ``block`` (a block's
     own ``pool.map`` passes its block, so it runs there from any thread),
-    else this context's. A worker ignores a block it inherited by fork."""
+    else this context's. A worker ignores a block it inherited by fork.
+    A block's ``setup`` reaches only its own ``pool.map``/``iter``/``amap``."""
+    own = block is not None
     if block is None and not _role.IN_WORKER:
         block = _scope.active_block()
-    return resolve(explicit, block.options if block else None), block
+    defaults = block.options if block else None
+    if defaults and "setup" in defaults and not own:
+        # A block's setup is for its own pool.map: a function decorated
+        # without one does not take a state.
+        defaults = {name: value for name, value in defaults.items() if name != "setup"}
+    return resolve(explicit, defaults), block
 
 
 def start(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],

@@ -106,7 +106,13 @@ class _Call:
         self.source = Input(items)
         self.policy = ErrorPolicy(fn, options, eager_errors)
         self.stats = RunStats()
-        self.job = Job(fn, args, kwargs, options.star, self.policy.stop_on_error, options.timeout)
+        setup = None
+        if options.setup is not None:
+            from .backends._state import setup_for
+
+            setup = setup_for(options.setup)
+        self.job = Job(fn, args, kwargs, options.star, self.policy.stop_on_error, options.timeout,
+                       setup)
         # An iterator, an async call or a progress bar gets a batch at least
         # every 20 ms; a list call runs serial work in big batches (fastest).
         responsive = not eager_errors or bool(options.progress)
@@ -163,7 +169,8 @@ class _Call:
             flow.adopt(self.head.sent)
         if self.options.backend == "auto" and self.stats.caller_per_item:
             flow.serial_cost = self.stats.caller_per_item
-            if plan.backend == "process" and not self.loop.head_started:
+            if plan.backend == "process" and not self.loop.head_started \
+                    and self.job.setup is None:
                 flow.prove(_run_here(self.job.caller()))
         broken = False
         try:
@@ -187,8 +194,11 @@ class _Call:
                                         self.options.thread_safe)
         self.stats.caller_per_item = history.get("serial")
         if verdict is None:
-            self.loop.threads, self.loop.history = self.options.thread_safe, history
-            if not history:  # nothing known about the function: its first call
+            # With setup=, the caller runs items only while it measures, and
+            # alone: no thread trial (a state is per thread), no head start.
+            alone = self.job.setup is not None
+            self.loop.threads, self.loop.history = self.options.thread_safe and not alone, history
+            if not history and not alone:  # nothing known about the function: its first call
                 self.head = arrange(self.job, self.source, self.options, self.block,
                                     lambda: self.workers)
             yield from self.loop.probe(self._pool_cost, self.head)
@@ -259,7 +269,8 @@ class _Call:
         name, workers, options = self.plan.backend, self.workers, self.options
         if self.head is not None and self.loop.head_started:
             return cast(_scope.Lease, self.head.lease)
-        if self.pool is None or not self.pool.overlap or name != "process":
+        if self.pool is None or not self.pool.overlap or name != "process" \
+                or self.job.setup is not None:
             return _scope.lease(name, workers, options, self.block)
         _scope.prepare(name, options)  # what must happen in this thread first
         lease = yield from start_while_working(

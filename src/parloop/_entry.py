@@ -15,10 +15,11 @@ if TYPE_CHECKING:
 if TYPE_CHECKING:  # annotations only: not imported when the package is
     from typing_extensions import Never, Unpack
 
-    from ._types import LoopDecorator, ParallelFunction, StarOptions
+    from ._types import LoopDecorator, ParallelFunction, SetupOptions, StarOptions
 
 T = TypeVar("T")
 R = TypeVar("R")
+S = TypeVar("S")
 P = ParamSpec("P")
 
 Backend = Literal["auto", "process", "thread", "serial", "dask", "ray"]
@@ -45,6 +46,31 @@ class CommonOptions(TypedDict, total=False):
     checkpoint: str | os.PathLike[str] | Checkpoint | None
 
 
+# setup=: each worker's state goes first, so the function is (state, item, ...).
+@overload
+def parallel_for(fn: Callable[Concatenate[S, T, P], R], /, *, setup: Callable[[], S],
+                 errors: Literal["raise"] = ..., star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFunction[T, P, R]: ...
+
+
+@overload
+def parallel_for(fn: Callable[Concatenate[S, T, P], R], /, *, setup: Callable[[], S],
+                 errors: Literal["return"], star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFunction[T, P, R | BaseException]: ...
+
+
+@overload
+def parallel_for(*, setup: Callable[[], S], errors: Literal["raise"] = ...,
+                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+                 ) -> SetupOptions[S, Never]: ...
+
+
+@overload
+def parallel_for(*, setup: Callable[[], S], errors: Literal["return"],
+                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+                 ) -> SetupOptions[S, BaseException]: ...
+
+
 @overload
 def parallel_for(fn: Callable[Concatenate[T, P], R], /, *, errors: Literal["raise"] = ...,
                  star: Literal[False] = ..., **options: Unpack[CommonOptions]
@@ -59,8 +85,8 @@ def parallel_for(fn: Callable[Concatenate[T, P], R], /, *, errors: Literal["retu
 
 @overload
 def parallel_for(fn: Callable[..., R], /, *, errors: Literal["raise", "return"] = ...,
-                 star: Literal[True], **options: Unpack[CommonOptions]
-                 ) -> ParallelFunction[Iterable[Any], [], R]: ...
+                 star: Literal[True], setup: Callable[[], Any] | None = ...,
+                 **options: Unpack[CommonOptions]) -> ParallelFunction[Iterable[Any], [], R]: ...
 
 
 @overload
@@ -80,6 +106,7 @@ def parallel_for(*, errors: Literal["return"], star: Literal[False] = ...,
 
 @overload
 def parallel_for(*, errors: Literal["raise", "return"] = ..., star: Literal[True],
+                 setup: Callable[[], Any] | None = ...,
                  **options: Unpack[CommonOptions]) -> StarOptions: ...
 
 
@@ -120,7 +147,10 @@ def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:
     ``(done, total)``), ``start_method``, ``retries`` and ``retry_on``,
     ``client`` and ``address`` (Dask / Ray), ``thread_safe``, and
     ``checkpoint`` (a file, or a :class:`~parloop.Checkpoint`: finished
-    results are stored there, and a later call runs only the rest).
+    results are stored there, and a later call runs only the rest), and
+    ``setup`` (a function of no arguments, run once per worker: its result,
+    the worker's state, is passed to every item's call before the item:
+    ``fn(state, item, ...)``).
 
     Raises TypeError for a wrong option type or an unknown option, ValueError
     for a bad value, :class:`~parloop.UnpicklableError` when work must go to

@@ -256,7 +256,7 @@ class Flow:
                 retried += 1
                 continue
             exc = outcome.values[slot] = self.policy.named(exc, index, item)
-            if self.policy.return_errors:
+            if self.policy.returns(exc):
                 continue
             if not self.ordered or self.policy.eager:
                 self.raised = exc

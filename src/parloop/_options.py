@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = {
     "workers": None, "backend": "auto", "ordered": True, "chunksize": None, "timeout": None,
     "errors": "raise", "star": False, "progress": False, "start_method": None, "retries": 0,
     "retry_on": (), "client": None, "address": None, "max_items_per_worker": None,
-    "thread_safe": True, "checkpoint": None,
+    "thread_safe": True, "checkpoint": None, "setup": None,
 }
 NAMES = tuple(DEFAULTS)
 
@@ -50,6 +50,7 @@ class Options:
     max_items_per_worker: int | None
     thread_safe: bool
     checkpoint: Any  # a _checkpoint.Checkpoint, or None
+    setup: Callable[[], Any] | None
 
     def __init__(self, **given: Any) -> None:
         for name, default in DEFAULTS.items():
@@ -164,6 +165,8 @@ def _check(name: str, value: Any) -> None:
                              f"got {value}")
     elif name == "address" and value is not None and not isinstance(value, str):
         raise wrong("a string such as 'tcp://host:8786' or None")
+    elif name == "setup" and value is not None and not callable(value):
+        raise wrong("a function of no arguments (its result goes to each item) or None")
     elif name == "checkpoint" and value is not None:
         from ._checkpoint import Checkpoint
 

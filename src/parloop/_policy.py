@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._options import Options
-from .errors import WorkerCrashedError, note_item, stop_iteration_error
+from .errors import SetupError, WorkerCrashedError, note_item, stop_iteration_error
 
 __all__ = ["ErrorPolicy"]
 
@@ -29,7 +29,13 @@ class ErrorPolicy:
         self.stop_on_error = not self.return_errors and options.retries == 0
 
     def retryable(self, exc: BaseException, attempts: int) -> bool:
-        return attempts < self.retries and isinstance(exc, self.retry_on)
+        return attempts < self.retries and isinstance(exc, self.retry_on) \
+            and not isinstance(exc, SetupError)
+
+    def returns(self, exc: BaseException) -> bool:
+        """Whether ``exc`` takes its item's place (errors="return"); a
+        SetupError ends the call: no item can run where it was raised."""
+        return self.return_errors and not isinstance(exc, SetupError)
 
     def named(self, exc: BaseException, index: int, item: Any) -> BaseException:
         """``exc`` as the user sees it: a note names the item, and the
@@ -53,6 +59,6 @@ class ErrorPolicy:
             except Exception as again:
                 exc = again
         exc = self.named(exc, index, item)
-        if not self.return_errors:
+        if not self.returns(exc):
             raise exc from exc.__cause__
         return exc

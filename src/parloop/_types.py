@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from types import TracebackType
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Concatenate, Generic, Protocol, TypeVar
 
 from typing_extensions import ParamSpec
 
@@ -21,7 +21,8 @@ T_contra = TypeVar("T_contra", contravariant=True)
 R_co = TypeVar("R_co")  # invariant: it appears inside list[...]
 P = ParamSpec("P")
 
-__all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction", "StarOptions"]
+__all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction", "SetupOptions",
+           "StarOptions"]
 
 
 class ParallelFunction(Protocol[T_contra, P, R_co]):
@@ -81,6 +82,29 @@ class LoopDecorator(Generic[T]):
 
     def __call__(self, fn: Callable[[T], R]) -> list[R]:
         return self._run(fn)
+
+
+S_co = TypeVar("S_co", covariant=True)  # (covariant: it is a parameter of a parameter)
+E_co = TypeVar("E_co", covariant=True)
+
+
+class SetupOptions(Protocol[S_co, E_co]):
+    """What ``parallel_for(setup=make_state, ...)`` is to a type checker: it
+    decorates a function that takes the state first, ``fn(state, item, ...)``,
+    and the decorated function is called with the items alone."""
+
+    def __call__(self, fn: Callable[Concatenate[S_co, T, P], R], /
+                 ) -> ParallelFunction[T, P, R | E_co]: ...
+
+    def __enter__(self) -> Pool: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    async def __aenter__(self) -> Pool: ...
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
 
 
 class StarOptions(Protocol):

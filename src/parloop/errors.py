@@ -11,7 +11,9 @@ The tree::
      |    +-- RemoteUnpicklingError      an item or a result could not be unpickled on
      |    |                              the other side; only that item fails
      |    +-- CheckpointError            a ``checkpoint=`` file cannot be used: not a
-     |                                   checkpoint, unwritable, or in use by another call
+     |    |                              checkpoint, unwritable, or in use by another call
+     |    +-- SetupError                 the ``setup=`` function raised in a worker; the
+     |                                   call ends (whatever ``errors=`` says)
      +-- ImportError
           +-- BackendUnavailableError    (also ParloopError) the backend's extra is missing
 
@@ -39,6 +41,7 @@ __all__ = [
     "ParloopWarning",
     "RemoteTraceback",
     "RemoteUnpicklingError",
+    "SetupError",
     "TaskTimeoutError",
     "UnpicklableError",
     "WorkerCrashedError",
@@ -119,6 +122,12 @@ class CheckpointError(ParloopError):
     """A ``checkpoint=`` file cannot be used: it is not a parloop checkpoint
     (or is damaged), cannot be written, or the same function is running on
     it in another call. The message names the file and what to do."""
+
+
+class SetupError(ParloopError):
+    """The ``setup=`` function raised in a worker (its exception is the
+    ``__cause__``). No item can run there, so the call ends with this error
+    whatever ``errors=`` says, and it is not retried."""
 
 
 class BackendUnavailableError(ParloopError, ImportError):

@@ -38,6 +38,14 @@ def parse(text: str) -> int:
     return int(text)
 
 
+def with_state(state: dict[str, int], x: int) -> int:
+    return state["base"] + x
+
+
+def make_text() -> str:
+    return "state"
+
+
 def report(done: int, total: int | None) -> None:
     print(done, total)
 
@@ -110,6 +118,21 @@ def forms() -> None:
     # A progress callback.
     assert_type(parallel_for(math.sqrt, progress=report)([1.0]), list[float])
 
+    # setup=: the state goes first, and its type must match the setup's result.
+    def load() -> dict[str, float]:
+        return {"scale": 2.0}
+
+    def scaled(state: dict[str, float], x: float, offset: float = 0.0) -> float:
+        return state["scale"] * x + offset
+
+    assert_type(parallel_for(scaled, setup=load)([1.0]), list[float])
+    assert_type(parallel_for(scaled, setup=load)([1.0], 0.5), list[float])
+    assert_type(parallel_for(setup=load)(scaled)([1.0]), list[float])
+    assert_type(parallel_for(setup=load, errors="return")(scaled)([1.0]),
+                list[float | BaseException])
+    with parallel_for(setup=load) as pool:
+        print(pool.map(scaled, [1.0]))
+
     # A checkpoint: a file name, a path or a Checkpoint.
     assert_type(parallel_for(math.sqrt, checkpoint="sweep.db")([1.0]), list[float])
     assert_type(parallel_for(math.sqrt, checkpoint=Path("sweep.db"))([1.0]), list[float])
@@ -151,6 +174,9 @@ def rejected() -> None:
     parallel_for(math.sqrt, 4)  # type: ignore[call-overload]
     parallel_for(math.sqrt, wrokers=4)  # type: ignore[call-overload]
     parallel_for(math.sqrt, checkpoint=3)  # type: ignore[call-overload]
+    # A setup whose result is not what the function takes first.
+    parallel_for(with_state, setup=make_text)  # type: ignore[arg-type]
+    parallel_for(setup=make_text)(with_state)  # type: ignore[arg-type]
     Checkpoint("sweep.db", reuse="no")  # type: ignore[arg-type]
     # The loop form checks the items against the loop body.
 

@@ -21,6 +21,7 @@ from collections.abc import Callable, Container
 from typing import Any
 
 from ._wire import Done, JobSpec, Pickled, capture, unpickle_error
+from .base import per_item
 
 __all__ = ["AS_IS", "EVERYTHING", "IDLE", "MAX_STRIDE", "PREPARING", "SAMPLE_SECONDS",
            "run_items"]
@@ -44,30 +45,23 @@ class _Everything:
 EVERYTHING: Container[type] = _Everything()
 
 
-def caller(spec: JobSpec) -> Callable[[Any], Any]:
-    """The per-item call; the function itself when nothing is added to it."""
-    fn, args, kwargs = spec.fn, spec.args, spec.kwargs
-    if spec.star:
-        return lambda item: fn(*item, *args, **kwargs)
-    if args or kwargs:
-        return lambda item: fn(item, *args, **kwargs)
-    return fn
-
-
 def run_items(job_id: int, spec: JobSpec, start: int, items: list[Any] | None,
               split: list[tuple[str, Any]] | None, *, report: Callable[[Done], None],
               status: Any, cancelled: Container[int], load: Callable[[Any], Any],
               pack: Callable[[Any], Any], big: type | None = None,
               as_is: Container[type] = AS_IS, keep: Callable[[BaseException], Any] = capture,
-              stop_on_interrupt: bool = False) -> None:
+              stop_on_interrupt: bool = False, per_thread: bool = False,
+              call: Any = None) -> None:
     """Run ``items`` (or, ``split``, the pairs of ``pack_item``, each loaded
     by ``load`` just before it runs) as items ``start, start + 1, ...`` of
     job ``job_id``. ``pack`` packs a result that is not ``as_is``; one of
     type ``big`` is reported at once. ``keep`` makes an exception ready to
     report. ``stop_on_interrupt``: a KeyboardInterrupt ends the chunk (how
-    Ray cancels a task)."""
+    Ray cancels a task). ``per_thread``: a ``setup`` state per thread.
+    ``call`` names the call, when ``job_id`` does not (a cluster task's)."""
     count = len(split) if items is None else len(items)  # type: ignore[arg-type]
-    fn_call = caller(spec)
+    fn_call = per_item(spec.fn, spec.args, spec.kwargs, spec.star, spec.setup, per_thread,
+                       job_id if call is None else call)
     stop_on_error, flush_every, timed = spec.stop_on_error, spec.flush_every, spec.timed
     flush_start = start
     values: list[Any] = []

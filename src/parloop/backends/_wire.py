@@ -36,7 +36,7 @@ from typing import Any, NamedTuple
 
 from .. import _pickling
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
-from .base import Chunk, Outcome
+from .base import Chunk, Job, Outcome
 
 __all__ = ["Cancel", "Captured", "Done", "Forget", "JobMessage", "JobSpec", "Pickled", "Ready",
            "Resend", "Revoke", "Revoked", "RunChunk", "SpecCache", "Stop", "capture", "decode",
@@ -55,6 +55,12 @@ class JobSpec(NamedTuple):
     stop_on_error: bool
     flush_every: float  # seconds between partial reports of a chunk
     timed: bool  # the job has a timeout: each item's start is written down
+    setup: Any = None  # a _state.Setup: each worker's state goes before the item
+
+    @classmethod
+    def of(cls, job: Job, flush_every: float, timed: bool) -> JobSpec:
+        return cls(job.fn, job.args, job.kwargs, job.star, job.stop_on_error, flush_every, timed,
+                   job.setup)
 
 
 class JobMessage(NamedTuple):

@@ -41,9 +41,12 @@ import time
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-__all__ = ["Backend", "Chunk", "Job", "Outcome", "Settings"]
+if TYPE_CHECKING:
+    from ._state import Setup
+
+__all__ = ["Backend", "Chunk", "Job", "Outcome", "Settings", "per_item"]
 
 _job_ids = itertools.count(1)
 POLL_SLICE = 0.1  # seconds one poll may block, with one job on the backend
@@ -79,6 +82,7 @@ class Job:
         "id",
         "item_seconds",
         "kwargs",
+        "setup",
         "star",
         "stop_on_error",
         "timeout",
@@ -86,8 +90,11 @@ class Job:
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...] = (),
                  kwargs: dict[str, Any] | None = None, star: bool = False,
-                 stop_on_error: bool = True, timeout: float | None = None) -> None:
+                 stop_on_error: bool = True, timeout: float | None = None,
+                 setup: Setup | None = None) -> None:
         self.fn = fn
+        #: ``setup=``: each worker's state is passed to ``fn`` before the item
+        self.setup = setup
         self.args = args
         self.kwargs = kwargs if kwargs is not None else {}
         self.star = star
@@ -103,11 +110,26 @@ class Job:
         return self.fn(item, *self.args, **self.kwargs)
 
     def caller(self) -> Callable[[Any], Any]:
-        """The per-item callable: the function itself when nothing is added
-        to each call, which spares a Python frame per item."""
-        if not self.star and not self.args and not self.kwargs:
-            return self.fn
-        return self.call
+        """The per-item callable in the caller (see ``per_item``)."""
+        return per_item(self.fn, self.args, self.kwargs, self.star, self.setup, False, self.id)
+
+
+def per_item(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], star: bool,
+             setup: Setup | None, per_thread: bool, job: object) -> Callable[[Any], Any]:
+    """The call of one item, wherever it runs: ``fn`` itself when nothing is
+    added to each call (a Python frame less per item); with ``setup``, the
+    worker's state goes first (made on the first item, see ``_state``)."""
+    if setup is not None:
+        from ._state import state_of
+
+        if star:
+            return lambda item: fn(state_of(setup, per_thread, job), *item, *args, **kwargs)
+        return lambda item: fn(state_of(setup, per_thread, job), item, *args, **kwargs)
+    if star:
+        return lambda item: fn(*item, *args, **kwargs)
+    if args or kwargs:
+        return lambda item: fn(item, *args, **kwargs)
+    return fn
 
 
 class Chunk:

@@ -6,19 +6,22 @@ results and exceptions kept as they are. A running item cannot be
 interrupted: after a cancel (an error, ``break``, Ctrl-C) the items already
 running finish in the background and their results are dropped, and no
 further item of the cancelled call starts. ``timeout=`` is not enforced
-here; use the process backend.
+here; use the process backend. A ``setup=`` state is made once per pool
+thread, and each thread's ``worker_id()`` is its index in the pool.
 """
 
 from __future__ import annotations
 
 import array
 import functools
+import itertools
 import queue
 import threading
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ._runner import EVERYTHING, run_items
+from ._state import set_worker_id
 from ._wire import Done, JobSpec, decode
 from .base import Backend, Chunk, Job, Outcome, Settings, drain
 
@@ -34,10 +37,16 @@ class ThreadBackend(Backend):
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parloop")
+        # Each pool thread gets its index (worker_id()) as it starts: 0 .. workers - 1.
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parloop",
+                                            initializer=self._number_thread)
+        self._numbers = itertools.count()
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._futures: defaultdict[int, set[Future[None]]] = defaultdict(set)
         self._cancelled: set[int] = set()  # jobs whose remaining items must not start
+
+    def _number_thread(self) -> None:
+        set_worker_id(next(self._numbers), per_thread=True)
 
     def submit(self, chunk: Chunk) -> None:
         future = self._executor.submit(self._run, chunk)
@@ -47,8 +56,7 @@ class ThreadBackend(Backend):
 
     def _run(self, chunk: Chunk) -> None:
         job = chunk.job
-        spec = JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error, float("inf"),
-                       False)
+        spec = JobSpec.of(job, float("inf"), False)
         status = memoryview(array.array("d", [0.0, 0.0, 0.0]))
         worker = threading.current_thread().name
 
@@ -57,7 +65,7 @@ class ThreadBackend(Backend):
 
         run_items(job.id, spec, chunk.start, chunk.items, None, report=report, status=status,
                   cancelled=self._cancelled, load=_as_it_is, pack=_as_it_is,
-                  as_is=EVERYTHING, keep=_as_it_is)
+                  as_is=EVERYTHING, keep=_as_it_is, per_thread=True)
 
     def _forget(self, job_id: int, future: Future[None]) -> None:
         with self._lock:

@@ -195,8 +195,7 @@ class ClusterBackend(Backend):
     def _job_state(self, job: Job) -> _ShippedJob:
         state = self._jobs.get(job.id)
         if state is None:
-            spec = tuple(JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                                 math.inf, False))
+            spec = tuple(JobSpec.of(job, math.inf, False))
             try:
                 blob = _pickling.dumps(spec)
             except Exception as exc:

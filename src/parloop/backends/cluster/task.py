@@ -13,6 +13,7 @@ from typing import Any
 
 from ... import _role
 from .._runner import report_failure, run_items
+from .._state import set_worker_id
 from .._wire import Done, SpecCache, dump_value, unpickle_error
 
 __all__ = ["Reply", "run_chunk_remote"]
@@ -25,9 +26,23 @@ _specs = SpecCache(pickle.loads, limit=8)  # a cluster worker serves many calls
 _specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
 
 
+def _number_worker() -> None:
+    """A Dask worker's worker_id() is its name, when that is a number
+    (LocalCluster numbers its workers 0 .. n-1; ``dask worker --name 3``).
+    Ray gives its worker processes no index."""
+    try:
+        from distributed import get_worker
+
+        name = get_worker().name
+    except (ImportError, ValueError):  # not a Dask worker
+        return
+    set_worker_id(name if isinstance(name, int) and not isinstance(name, bool) else None)
+
+
 def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
     """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
     _role.IN_WORKER = True
+    _number_worker()
     worker = f"{socket.gethostname()} pid {os.getpid()}"
     reports: list[Done] = []
     try:
@@ -48,5 +63,5 @@ def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any)
     # KeyboardInterrupt is also how Ray cancels a running task: it ends the chunk.
     run_items(0, job, start, items, packed if split else None, report=reports.append,
               status=status, cancelled=(), load=pickle.loads, pack=dump_value,
-              stop_on_interrupt=True)
+              stop_on_interrupt=True, call=key)
     return worker, reports

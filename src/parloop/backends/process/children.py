@@ -67,6 +67,7 @@ class Worker:
     ready: bool = False
     assigned: int = 0  # items given to it so far (for max_items_per_worker)
     server: int | None = None  # the fork server it came from, which reports its exit
+    slot: int = 0  # its worker_id(): a replacement takes the slot of the worker it replaces
     jobs: set[int] = field(default_factory=set)
     inflight: deque[Sent] = field(default_factory=deque)
 
@@ -89,15 +90,16 @@ class Worker:
         return None
 
 
-def start(method: str, threads: int, idle_timeout: float) -> Worker:
+def start(method: str, threads: int, idle_timeout: float, slot: int = 0) -> Worker:
     """A new worker process, started by ``method`` ("fork", "forkserver"
-    (parloop's own server) or "spawn"); see ``_launch``."""
+    (parloop's own server) or "spawn"); see ``_launch``. ``slot``: its
+    index in the pool (its ``worker_id()``)."""
     context = _launch.context_for(method)
     ours, theirs = context.Pipe(duplex=True)
     _caller_ends.add(ours)
     status = context.RawArray("d", 3)
     process = context.Process(target=_worker.main, name="parloop-worker",
-                              args=(theirs, status, threads, idle_timeout))
+                              args=(theirs, status, threads, idle_timeout, slot))
     # A Ctrl-C that reaches a worker before it ignores SIGINT would print
     # a traceback of its own: the child starts with SIGINT blocked (the
     # mask survives fork and exec) and unblocks it once it ignores it.
@@ -109,7 +111,8 @@ def start(method: str, threads: int, idle_timeout: float) -> Worker:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
     server = _launch.server_pid() if method == "forkserver" else None
-    return Worker(process, process.pid, ours, status, forked=method == "fork", server=server)
+    return Worker(process, process.pid, ours, status, forked=method == "fork", server=server,
+                  slot=slot)
 
 
 def stop(workers: list[Worker]) -> None:

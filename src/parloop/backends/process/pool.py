@@ -144,8 +144,7 @@ class ProcessBackend(Backend):
         job = chunk.job
         if job not in self._payloads:  # pickled once, sent to each worker that runs the job
             timed = job.timeout is not None  # every item's result leaves at once
-            spec = JobSpec(job.fn, job.args, job.kwargs, job.star, job.stop_on_error,
-                           0.0 if timed else FLUSH_SECONDS, timed)
+            spec = JobSpec.of(job, 0.0 if timed else FLUSH_SECONDS, timed)
             payload = shm.pack(tuple(spec), _pickling.dumps)
             # A worker may get it later (a replacement): it must see the arguments as they were.
             self._payloads[job] = payload.snapshot() if isinstance(payload, shm.Packed) else payload

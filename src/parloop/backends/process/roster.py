@@ -47,7 +47,10 @@ class Roster:
             method = self.start_method or default_start_method()
             for attempt in (1, 2):
                 try:
-                    self.workers.append(children.start(method, self.threads, self.idle_timeout))
+                    taken = {worker.slot for worker in self.workers}
+                    slot = min(set(range(self.size)) - taken)
+                    self.workers.append(children.start(method, self.threads, self.idle_timeout,
+                                                       slot))
                     self.failing_since = None
                     break
                 except Exception as exc:

@@ -32,6 +32,7 @@ from typing import Any
 
 from ... import _role
 from .._runner import IDLE, PREPARING, report_failure, run_items
+from .._state import set_worker_id
 from .._wire import (
     Cancel,
     Forget,
@@ -206,8 +207,10 @@ def _name_process(name: str) -> None:
         pass
 
 
-def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float) -> None:
-    """Entry point of a worker process."""
+def main(conn: Any, status: MutableSequence[float], threads: int, idle_timeout: float,
+         slot: int = 0) -> None:
+    """Entry point of a worker process; ``slot`` is its index in the pool."""
+    set_worker_id(slot)
     try:
         _serve(conn, status, threads, idle_timeout)
     except (BrokenPipeError, ConnectionResetError):
