@@ -287,3 +287,13 @@ def with_state(state: dict[str, Any], x: int, pause: float = 0.0) -> tuple[Any, 
 def state_pid(state: dict[str, Any], x: int) -> tuple[int, int, int, int]:
     """(the pid the state was made in, this item's pid, the state's worker id, x)."""
     return state["pid"], os.getpid(), state["id"], x
+
+
+def start_sleep_end(directory: str, name: str, seconds: float) -> str:
+    """Leave ``name``.started, sleep, then leave ``name``.ended."""
+    with open(os.path.join(directory, f"{name}.started"), "w"):
+        pass
+    time.sleep(seconds)
+    with open(os.path.join(directory, f"{name}.ended"), "w"):
+        pass
+    return name

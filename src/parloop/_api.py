@@ -148,7 +148,7 @@ class ParallelFor(Generic[E]):
 
     def __init__(self, explicit: dict[str, Any]) -> None:
         self._explicit = explicit
-        self._tokens: list[tuple[contextvars.Token[Any], _scope.Block]] = []
+        self._tokens: list[tuple[contextvars.Token[Any], Pool]] = []
 
     def __repr__(self) -> str:
         given = ", ".join(f"{k}={v!r}" for k, v in self._explicit.items())
@@ -170,16 +170,18 @@ class ParallelFor(Generic[E]):
         outer = _scope.active_block()
         options = {**(outer.options if outer else {}), **self._explicit}
         block = _scope.Block(options)
-        self._tokens.append((_scope.enter(block), block))
-        return Pool(block)
+        pool = Pool(block)
+        self._tokens.append((_scope.enter(block), pool))
+        return pool
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         from . import _scope
 
-        token, block = self._tokens.pop()
+        token, pool = self._tokens.pop()
         _scope.leave(token)
-        block.close(kill=kind is not None and not issubclass(kind, Exception))
+        pool.close(cancel=kind is not None,
+                   kill=kind is not None and not issubclass(kind, Exception))
 
     async def __aenter__(self) -> Pool:
         return self.__enter__()

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import Any
+from concurrent.futures import Future
+from typing import Any, ParamSpec, TypeVar
 
 from . import _calls, _scope
+from ._futures import Submitter
 from ._pickling import is_wrapper
 from ._plan import Plan
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 __all__ = ["Pool"]
 
@@ -21,6 +26,27 @@ class Pool:
     def __init__(self, block: _scope.Block) -> None:
         self._block = block
         self.last_plan: Plan | None = None
+        self._submitter: Submitter | None = None  # pool.submit's drivers, once used
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """``fn(*args, **kwargs)`` on the block's pool, at once; its
+        ``concurrent.futures.Future`` works with ``as_completed``, ``wait``
+        and ``add_done_callback``, and its ``cancel()`` also stops the call
+        while it runs. The block's end waits for every submitted call, or
+        cancels them when the block raised."""
+        with self._lock:
+            if self._submitter is None:
+                self._submitter = Submitter(self._block)
+        return self._submitter.submit(fn, args, kwargs)
+
+    def close(self, cancel: bool = False, kill: bool = False) -> None:
+        """(The block ends.) Submitted calls finish, or (``cancel``: the
+        block raised) are cancelled; then the block's pools close (``kill``:
+        at once, for a Ctrl-C)."""
+        if self._submitter is not None:
+            self._submitter.close(cancel=cancel or kill)
+        self._block.close(kill=kill)
 
     def _target(self, fn: Callable[..., Any]) -> tuple[Callable[..., Any], dict[str, Any]]:
         if not callable(fn):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,11 @@ def forms() -> None:
                 list[float | BaseException])
     with parallel_for(setup=load) as pool:
         print(pool.map(scaled, [1.0]))
+
+    # pool.submit: a typed concurrent.futures.Future.
+    with parallel_for(workers=2) as pool:
+        assert_type(pool.submit(scale, 1.0, 2.0, offset=1.0), Future[float])
+        pool.submit(scale, 1.0, "2")  # type: ignore[arg-type]
 
     # A checkpoint: a file name, a path or a Checkpoint.
     assert_type(parallel_for(math.sqrt, checkpoint="sweep.db")([1.0]), list[float])
