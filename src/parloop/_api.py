@@ -19,7 +19,6 @@ import wrapt
 from ._options import validate
 
 if TYPE_CHECKING:
-    from . import _scope
     from ._plan import Plan
     from ._pool import Pool
     from ._types import LoopDecorator, ParallelFunction

@@ -15,6 +15,7 @@ planner nothing to measure, and a submit is work meant for the pool.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
@@ -130,7 +131,5 @@ class Submitter:
 
 
 def _settle(how: Callable[[Any], None], value: Any) -> None:
-    try:
+    with contextlib.suppress(InvalidStateError):  # cancelled meanwhile: already settled
         how(value)
-    except InvalidStateError:  # cancelled meanwhile: the canceller has settled it
-        pass

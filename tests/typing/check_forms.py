@@ -43,6 +43,10 @@ def with_state(state: dict[str, int], x: int) -> int:
     return state["base"] + x
 
 
+def times(x: float, factor: float, *, offset: float = 0.0) -> float:
+    return x * factor + offset
+
+
 def make_text() -> str:
     return "state"
 
@@ -136,8 +140,8 @@ def forms() -> None:
 
     # pool.submit: a typed concurrent.futures.Future.
     with parallel_for(workers=2) as pool:
-        assert_type(pool.submit(scale, 1.0, 2.0, offset=1.0), Future[float])
-        pool.submit(scale, 1.0, "2")  # type: ignore[arg-type]
+        assert_type(pool.submit(times, 1.0, 2.0, offset=1.0), Future[float])
+        pool.submit(times, 1.0, "2")  # type: ignore[arg-type]
 
     # A checkpoint: a file name, a path or a Checkpoint.
     assert_type(parallel_for(math.sqrt, checkpoint="sweep.db")([1.0]), list[float])
