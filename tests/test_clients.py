@@ -397,3 +397,46 @@ def test_a_function_that_will_not_unpickle_is_no_items_fault() -> None:
         parallel_for(LoadsNowhere(), backend="process", workers=2)(range(4))
     assert "item" not in str(info.value)
     assert not any("item #" in note for note in getattr(info.value, "__notes__", []))
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import inspect, json, os, sys
+    import joblib
+    from parloop import parallel_for
+
+    memory = joblib.Memory(sys.argv[2], verbose=0)
+
+    @memory.cache
+    def expensive(x):
+        with open(sys.argv[3], "a") as log:
+            log.write(f"{x}\\n")
+        return x * 2
+
+    @parallel_for(backend="process", workers=2, start_method=sys.argv[1])
+    def run(x):
+        return expensive(x), expensive.func.__module__, __name__, \
+            inspect.getsourcefile(expensive.func)
+
+    here = [expensive(x) for x in range(3)]  # cached by the caller: the workers must hit
+    first, second = run(range(6)), run(range(6))
+    print(json.dumps({"first": first, "second": second}))
+""")
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_main_function_keeps_its_module_name_in_workers_so_joblib_memory_hits(
+        tmp_path: Path, method: str) -> None:
+    pytest.importorskip("joblib")
+    script, log = tmp_path / "cached.py", tmp_path / "ran.log"
+    script.write_text(MEMORY_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), method, str(tmp_path / "cache"),
+                           str(log)], capture_output=True, text=True, timeout=150)
+    assert done.returncode == 0, done.stderr
+    facts = json.loads(done.stdout)
+    for value, module, name, source in facts["first"] + facts["second"]:
+        assert (module, name, source) == ("__main__", "__main__", str(script))
+    assert [row[0] for row in facts["second"]] == [2 * x for x in range(6)]
+    # Each ran once, wherever: the caller's entries and the workers' have one key.
+    assert sorted(map(int, log.read_text().split())) == list(range(6))

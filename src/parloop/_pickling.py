@@ -212,7 +212,22 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             ref = _reference(obj)
             if ref is not None:
                 return load_unwrapped, ref
+        elif type(obj) is types.CodeType:
+            return self._code(obj)
         return super().reducer_override(obj)
+
+    def _code(self, code: types.CodeType) -> Any:
+        """cloudpickle's reduction of a code object, with its file name kept.
+        cloudpickle writes "<dynamic-code>" instead (for payloads that do
+        not depend on where a function was defined); a worker's traceback
+        then shows no source lines, and ``inspect.getsourcefile`` (which
+        joblib.Memory keys a ``__main__`` function's cache by) no file."""
+        reduce = self.dispatch_table.get(types.CodeType)
+        if reduce is None:
+            return NotImplemented
+        rebuild, args = reduce(code)
+        return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg
+                              for arg in args)
 
 
 def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
