@@ -297,3 +297,8 @@ def start_sleep_end(directory: str, name: str, seconds: float) -> str:
     with open(os.path.join(directory, f"{name}.ended"), "w"):
         pass
     return name
+
+
+def pick(i: int, table: Any) -> Any:
+    """Item ``i`` of ``table`` (an extra argument), or the type of ``table``."""
+    return table[i] if hasattr(table, "__getitem__") else type(table).__name__

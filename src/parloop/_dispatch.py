@@ -181,9 +181,22 @@ class _Call:
             raise
         finally:
             lease.release(broken)
+            self._shipped()
         if flow.retreated and self.source.peek():
             self._retreat(sizer.per_item or 0.0)
             yield from self.loop.run()
+
+    def _shipped(self) -> None:
+        """Say how the extra arguments reached process workers."""
+        ways, plan = self.job.args_by, self.plan
+        if not ways:
+            return
+        why = plan.why
+        how = {frozenset({"fork"}): "inherited by fork (not pickled)",
+               frozenset({"pickle"}): "pickled once, sent to each worker",
+               }.get(frozenset(ways), "inherited by the workers forked during this call, "
+                                      "pickled for the others")
+        plan.reason = lambda: f"{why}; extra arguments {how}"
 
     def _auto(self) -> Iterator[list[Any]]:
         """Probe (unless what earlier calls measured already decides), then
@@ -291,10 +304,21 @@ class _Call:
         return self.pool
 
     def _unpicklable(self) -> BaseException | None:
-        """Why the call cannot go to a process (function, arguments, first item)."""
+        """Why the call cannot go to a process (function, arguments, first item).
+        Arguments that a pool forked now will inherit are not pickled, so
+        they are not tried (a 2-million-item list takes ~35 ms to try)."""
         job, first = self.job, self.source.peek()
-        return explain_unpicklable(job.fn, job.args, job.kwargs, job.star) or \
+        args, kwargs = (job.args, job.kwargs) if not self._forks_now() else ((), {})
+        return explain_unpicklable(job.fn, args, kwargs, job.star) or \
             (explain_item(self.source.index, self.source.ahead) if first else None)
+
+    def _forks_now(self) -> bool:
+        """Whether this call's process pool will be forked from here, now."""
+        from ._cpu import default_start_method
+
+        method = self.options.start_method or default_start_method()
+        return method == "fork" and not _scope.is_warm("process", self.workers, self.options,
+                                                       self.block)
 
 
 def _run_here(call: Callable[[Any], Any]) -> Callable[[Any], tuple[Any, Exception | None]]:

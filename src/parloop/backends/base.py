@@ -38,6 +38,7 @@ from __future__ import annotations
 import itertools
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
@@ -46,9 +47,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ._state import Setup
 
-__all__ = ["Backend", "Chunk", "Job", "Outcome", "Settings", "per_item"]
+__all__ = ["LIVE_JOBS", "Backend", "Chunk", "Job", "Outcome", "Settings", "per_item"]
 
 _job_ids = itertools.count(1)
+#: every Job of this process while it exists: a worker forked meanwhile holds
+#: a copy of each, its arguments included (see ``process.inherit``)
+LIVE_JOBS: weakref.WeakValueDictionary[int, Job] = weakref.WeakValueDictionary()
 POLL_SLICE = 0.1  # seconds one poll may block, with one job on the backend
 SHARED_POLL_SLICE = 0.005  # ... with several, whose threads must get to submit
 
@@ -78,6 +82,7 @@ class Job:
     __slots__ = (
         "__weakref__",
         "args",
+        "args_by",
         "fn",
         "id",
         "item_seconds",
@@ -101,6 +106,10 @@ class Job:
         self.stop_on_error = stop_on_error
         self.timeout = timeout
         self.id = next(_job_ids)
+        #: how the arguments reached process workers: "fork" (inherited), "pickle"
+        self.args_by: set[str] = set()
+        if args or kwargs:
+            LIVE_JOBS[self.id] = self
         #: the engine's latest estimate of one item's seconds (None: not yet known)
         self.item_seconds: float | None = None
 

@@ -16,6 +16,7 @@ from typing import Any, NamedTuple, Protocol
 from ...errors import short_repr
 from .._runner import IDLE, PREPARING
 from ..base import Chunk
+from . import inherit
 from . import launch as _launch
 from . import worker as _worker
 
@@ -68,6 +69,7 @@ class Worker:
     assigned: int = 0  # items given to it so far (for max_items_per_worker)
     server: int | None = None  # the fork server it came from, which reports its exit
     slot: int = 0  # its worker_id(): a replacement takes the slot of the worker it replaces
+    holds: frozenset[int] = frozenset()  # jobs whose arguments it inherited by fork
     jobs: set[int] = field(default_factory=set)
     inflight: deque[Sent] = field(default_factory=deque)
 
@@ -105,14 +107,17 @@ def start(method: str, threads: int, idle_timeout: float, slot: int = 0) -> Work
     # mask survives fork and exec) and unblocks it once it ignores it.
     # Here it is only deferred, never lost.
     mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    holds: frozenset[int] = frozenset()
     try:
+        if method == "fork":
+            holds = inherit.holding()  # the running calls' arguments it will have
         process.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
     server = _launch.server_pid() if method == "forkserver" else None
     return Worker(process, process.pid, ours, status, forked=method == "fork", server=server,
-                  slot=slot)
+                  slot=slot, holds=holds)
 
 
 def stop(workers: list[Worker]) -> None:

@@ -73,6 +73,7 @@ from ..base import Backend, Chunk, Job, Outcome
 from . import children as _children
 from . import deadlines, pipe, shm
 from .children import Sent, Worker
+from .inherit import Inherited
 from .roster import Roster
 from .worker import CANCEL_GRACE, IDLE_EXIT
 
@@ -142,14 +143,8 @@ class ProcessBackend(Backend):
 
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
-        if job not in self._payloads:  # pickled once, sent to each worker that runs the job
-            timed = job.timeout is not None  # every item's result leaves at once
-            spec = JobSpec.of(job, 0.0 if timed else FLUSH_SECONDS, timed)
-            payload = shm.pack(tuple(spec), _pickling.dumps)
-            # A worker may get it later (a replacement): it must see the arguments as they were.
-            self._payloads[job] = payload.snapshot() if isinstance(payload, shm.Packed) else payload
         if job.id not in worker.jobs:
-            self._send(worker, JobMessage(job.id, self._payloads[job]))
+            self._send(worker, JobMessage(job.id, self._payload(job, job.id in worker.holds)))
             worker.jobs.add(job.id)
         # Items naming classes of __main__ go by value to a worker that may
         # lack them: one not forked from this process, or one that failed to
@@ -167,6 +162,27 @@ class ProcessBackend(Backend):
         worker.inflight.append(Sent(chunk, chunk.start, split, by_value))
         worker.assigned += len(chunk.items)
         self._send(worker, RunChunk(job.id, chunk.start, len(chunk.items), items, split))
+
+    def _payload(self, job: Job, held: bool) -> Any:
+        """Job ``job``'s spec for a worker: pickled once per call, arguments
+        and all; or, for a worker forked while the call ran (``held``),
+        with its arguments as references to the worker's own copy."""
+        timed = job.timeout is not None  # every item's result leaves at once
+        spec = JobSpec.of(job, 0.0 if timed else FLUSH_SECONDS, timed)
+        if held:
+            job.args_by.add("fork")
+            spec = spec._replace(args=Inherited(job.id, 0), kwargs=Inherited(job.id, 1))
+            return shm.pack(tuple(spec), _pickling.dumps)
+        if job not in self._payloads:
+            try:
+                payload = shm.pack(tuple(spec), _pickling.dumps)
+            except Exception as exc:  # arguments the caller did not try (see _dispatch)
+                raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
+                    or exc from None
+            # A worker may get it later (a replacement): it must see the arguments as they were.
+            self._payloads[job] = payload.snapshot() if isinstance(payload, shm.Packed) else payload
+        job.args_by.add("pickle")
+        return self._payloads[job]
 
     def started(self) -> bool:
         """A worker has said it is ready, or one has exited (a failed start:
