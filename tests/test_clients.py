@@ -435,7 +435,7 @@ def test_a_main_function_keeps_its_module_name_in_workers_so_joblib_memory_hits(
                            str(log)], capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stderr
     facts = json.loads(done.stdout)
-    for value, module, name, source in facts["first"] + facts["second"]:
+    for _, module, name, source in facts["first"] + facts["second"]:
         assert (module, name, source) == ("__main__", "__main__", str(script))
     assert [row[0] for row in facts["second"]] == [2 * x for x in range(6)]
     # Each ran once, wherever: the caller's entries and the workers' have one key.

@@ -171,7 +171,8 @@ class ProcessBackend(Backend):
         spec = JobSpec.of(job, 0.0 if timed else FLUSH_SECONDS, timed)
         if held:
             job.args_by.add("fork")
-            spec = spec._replace(args=Inherited(job.id, 0), kwargs=Inherited(job.id, 1))
+            # (They unpickle, in the worker, as the tuple and dict they stand for.)
+            spec = spec._replace(args=Inherited(job.id, 0), kwargs=Inherited(job.id, 1))  # type: ignore[arg-type]
             return shm.pack(tuple(spec), _pickling.dumps)
         if job not in self._payloads:
             try:
