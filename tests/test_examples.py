@@ -35,7 +35,7 @@ def _line(output: str, prefix: str) -> str:
 @pytest.mark.timeout(10)
 def test_every_example_is_tested_here() -> None:
     scripts = {path.name for path in EXAMPLES.glob("*.py")} - ELSEWHERE
-    assert scripts == {"seed.py", "hash_files.py", "numeric.py"}
+    assert scripts == {"seed.py", "hash_files.py", "numeric.py", "sweep.py"}
 
 
 @pytest.mark.timeout(100)
@@ -85,3 +85,16 @@ def test_numeric(method: str) -> None:
     assert _line(out, "parloop: ").startswith(f"parloop:    {primes_below_150000} primes")
     assert "same answer" in out
     assert re.match(r"plan: (serial|process): ", _line(out, "plan: "))
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_sweep_resumes_from_its_checkpoint(method: str, tmp_path: Path) -> None:
+    db = str(tmp_path / "sweep.db")
+    first = _run("sweep.py", method, db)
+    assert _line(first, "sweep: ") == f"sweep: 64 points, 64 computed, 0 read back from {db}"
+    second = _run("sweep.py", method, db)
+    assert _line(second, "sweep: ") == f"sweep: 64 points, 0 computed, 64 read back from {db}"
+    assert _line(first, "best: ") == _line(second, "best: ") == \
+        "best: step=1 offset=0 score=2.763614"
+    assert "sweep: 64 points, 64 computed" in _run("sweep.py", method)  # its own temporary file
