@@ -432,3 +432,12 @@ def test_a_checkpoint_written_by_one_process_is_read_by_another(tmp_path: Path) 
         assert done.returncode == 0, done.stderr
         outputs.append(done.stdout.split())
     assert outputs == [["0"], ["6"]]
+
+
+def test_the_progress_line_says_how_many_came_from_the_checkpoint(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    db = tmp_path / "sweep.db"
+    parallel_for(square, checkpoint=db)(range(10))
+    parallel_for(square, checkpoint=db, progress=True)(range(25))
+    err = capsys.readouterr().err  # not a terminal: one summary line at the end
+    assert "square: 25/25 items (100%), 10 from checkpoint in" in err, err
