@@ -46,18 +46,16 @@ from __future__ import annotations
 import os
 import threading
 import time
-import weakref
 from multiprocessing.connection import wait as wait_for
 from typing import Any
 
-from ... import _cpu, _pickling
+from ... import _cpu
 from ...errors import WorkerCrashedError
 from .._wire import (
     Cancel,
     Done,
     Forget,
     JobMessage,
-    JobSpec,
     Ready,
     Resend,
     Revoke,
@@ -73,7 +71,7 @@ from ..base import Backend, Chunk, Job, Outcome
 from . import children as _children
 from . import deadlines, pipe, shm
 from .children import Sent, Worker
-from .inherit import Inherited
+from .inherit import Payloads
 from .roster import Roster
 from .worker import CANCEL_GRACE, IDLE_EXIT
 
@@ -92,8 +90,7 @@ class ProcessBackend(Backend):
         super().__init__(workers)
         self._outcomes: list[Outcome] = []
         self._unassigned: list[Chunk] = []  # waiting for a worker that may take them
-        # each job pickled once, big buffers out of band (see _assign)
-        self._payloads: weakref.WeakKeyDictionary[Job, Any] = weakref.WeakKeyDictionary()
+        self._payloads = Payloads(FLUSH_SECONDS)  # each job's spec, as each worker gets it
         self._main_by_value: set[int] = set()  # jobs whose items go by value to every worker
         self._roster = Roster(workers, start_method, max(1, _cpu.cpu_count() // workers),
                               IDLE_TIMEOUT, max_items)
@@ -144,7 +141,7 @@ class ProcessBackend(Backend):
     def _assign(self, worker: Worker, chunk: Chunk, split: bool = False) -> None:
         job = chunk.job
         if job.id not in worker.jobs:
-            self._send(worker, JobMessage(job.id, self._payload(job, job.id in worker.holds)))
+            self._send(worker, JobMessage(job.id, self._payloads.get(job, job.id in worker.holds)))
             worker.jobs.add(job.id)
         # Items naming classes of __main__ go by value to a worker that may
         # lack them: one not forked from this process, or one that failed to
@@ -162,28 +159,6 @@ class ProcessBackend(Backend):
         worker.inflight.append(Sent(chunk, chunk.start, split, by_value))
         worker.assigned += len(chunk.items)
         self._send(worker, RunChunk(job.id, chunk.start, len(chunk.items), items, split))
-
-    def _payload(self, job: Job, held: bool) -> Any:
-        """Job ``job``'s spec for a worker: pickled once per call, arguments
-        and all; or, for a worker forked while the call ran (``held``),
-        with its arguments as references to the worker's own copy."""
-        timed = job.timeout is not None  # every item's result leaves at once
-        spec = JobSpec.of(job, 0.0 if timed else FLUSH_SECONDS, timed)
-        if held:
-            job.args_by.add("fork")
-            # (They unpickle, in the worker, as the tuple and dict they stand for.)
-            spec = spec._replace(args=Inherited(job.id, 0), kwargs=Inherited(job.id, 1))  # type: ignore[arg-type]
-            return shm.pack(tuple(spec), _pickling.dumps)
-        if job not in self._payloads:
-            try:
-                payload = shm.pack(tuple(spec), _pickling.dumps)
-            except Exception as exc:  # arguments the caller did not try (see _dispatch)
-                raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
-                    or exc from None
-            # A worker may get it later (a replacement): it must see the arguments as they were.
-            self._payloads[job] = payload.snapshot() if isinstance(payload, shm.Packed) else payload
-        job.args_by.add("pickle")
-        return self._payloads[job]
 
     def started(self) -> bool:
         """A worker has said it is ready, or one has exited (a failed start:
