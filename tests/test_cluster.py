@@ -448,3 +448,15 @@ def test_setup_runs_once_per_worker_process_and_a_failure_is_one_error(
                            errors="return", **engine.options)
     with pytest.raises(SetupError, match=r"failing_setup\(\) raised ValueError"):
         failing(range(8))
+
+
+@pytest.mark.timeout(120)
+def test_pool_submit_runs_one_call_on_the_cluster(engine: Engine) -> None:
+    from concurrent.futures import as_completed
+
+    with parallel_for(**engine.options) as pool:
+        futures = [pool.submit(add, x, 10) for x in range(6)]
+        assert sorted(f.result(timeout=60) for f in as_completed(futures)) == list(range(10, 16))
+        failed = pool.submit(fail_on, 3)
+        assert isinstance(failed.exception(timeout=60), ValueError)
+        assert pool.submit(square, 7).result(timeout=60) == 49

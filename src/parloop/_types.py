@@ -21,8 +21,8 @@ T_contra = TypeVar("T_contra", contravariant=True)
 R_co = TypeVar("R_co")  # invariant: it appears inside list[...]
 P = ParamSpec("P")
 
-__all__ = ["BoundParallelFunction", "LoopDecorator", "ParallelFunction", "SetupOptions",
-           "StarOptions"]
+__all__ = ["BlockOptions", "BoundParallelFunction", "LoopDecorator", "ParallelFunction",
+           "SetupOptions", "StarOptions"]
 
 
 class ParallelFunction(Protocol[T_contra, P, R_co]):
@@ -84,11 +84,25 @@ class LoopDecorator(Generic[T]):
         return self._run(fn)
 
 
+class BlockOptions(Protocol):
+    """Options that also open a ``with`` block (whose handle is a Pool)."""
+
+    def __enter__(self) -> Pool: ...
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None: ...
+
+    async def __aenter__(self) -> Pool: ...
+
+    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None: ...
+
+
 S_co = TypeVar("S_co", covariant=True)  # (covariant: it is a parameter of a parameter)
 E_co = TypeVar("E_co", covariant=True)
 
 
-class SetupOptions(Protocol[S_co, E_co]):
+class SetupOptions(BlockOptions, Protocol[S_co, E_co]):
     """What ``parallel_for(setup=make_state, ...)`` is to a type checker: it
     decorates a function that takes the state first, ``fn(state, item, ...)``,
     and the decorated function is called with the items alone."""
@@ -96,29 +110,9 @@ class SetupOptions(Protocol[S_co, E_co]):
     def __call__(self, fn: Callable[Concatenate[S_co, T, P], R], /
                  ) -> ParallelFunction[T, P, R | E_co]: ...
 
-    def __enter__(self) -> Pool: ...
 
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
-
-    async def __aenter__(self) -> Pool: ...
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None: ...
-
-
-class StarOptions(Protocol):
+class StarOptions(BlockOptions, Protocol):
     """What ``parallel_for(star=True, ...)`` is to a type checker: each item is
     a tuple of arguments, so items are checked loosely."""
 
     def __call__(self, fn: Callable[..., R], /) -> ParallelFunction[Iterable[Any], [], R]: ...
-
-    def __enter__(self) -> Pool: ...
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None: ...
-
-    async def __aenter__(self) -> Pool: ...
-
-    async def __aexit__(self, kind: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None: ...
