@@ -441,3 +441,22 @@ def test_the_progress_line_says_how_many_came_from_the_checkpoint(
     parallel_for(square, checkpoint=db, progress=True)(range(25))
     err = capsys.readouterr().err  # not a terminal: one summary line at the end
     assert "square: 25/25 items (100%), 10 from checkpoint in" in err, err
+
+
+def test_a_failing_setup_is_never_stored_as_an_items_error(tmp_path: Path) -> None:
+    import functools
+
+    from helpers import failing_setup, note_setup, with_state
+
+    from parloop import SetupError
+
+    db, log = tmp_path / "sweep.db", tmp_path / "setup.log"
+    keep_errors = Checkpoint(db, store_errors=True)
+    failing = parallel_for(with_state, backend="serial", checkpoint=keep_errors,
+                           setup=functools.partial(failing_setup, str(log)))
+    with pytest.raises(SetupError):
+        failing(range(3))
+    assert stored(db) == 0
+    working = parallel_for(with_state, backend="serial", checkpoint=keep_errors,
+                           setup=functools.partial(note_setup, str(log)))
+    assert [r[-1] for r in working(range(3))] == [0, 1, 2]

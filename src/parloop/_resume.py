@@ -36,7 +36,7 @@ from ._options import Options
 from ._plan import Plan
 from ._progress import make_progress
 from ._store import Store
-from .errors import CheckpointError, ParloopWarning, add_note, item_index, renumber_item, warn
+from .errors import CheckpointError, ParloopWarning, SetupError, add_note, item_index, renumber_item, warn
 
 __all__ = ["Ledger", "run"]
 
@@ -306,7 +306,8 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
     except BaseException as exc:
         index = item_index(exc)
         if engine is not None and keyed is not None and ledger is not None and index is not None \
-                and index < len(keyed.miss_positions) and not _from_store(exc):
+                and index < len(keyed.miss_positions) and not _from_store(exc) \
+                and not isinstance(exc, SetupError):  # (not the item's: never stored)
             ledger.failed(index, exc)
             renumber_item(exc, keyed.miss_positions[index])
         raise
