@@ -23,7 +23,7 @@ file as parloop's, so a foreign SQLite file is refused, never written)::
   replaces.
 
 * **Only the caller writes**, a transaction per batch of rows (see
-  ``_checkpoint.Ledger``), in WAL mode with ``synchronous=NORMAL``: a
+  ``_resume.Ledger``), in WAL mode with ``synchronous=NORMAL``: a
   process killed at any moment, SIGKILL included, leaves a file holding
   every committed batch. (A power cut may lose the last batches; the file
   stays whole.)
