@@ -28,10 +28,25 @@ SCRIPT = Path(__file__).parent / "scripts" / "checkpointed.py"
 
 # -- helpers ------------------------------------------------------------------
 
+_runs: list[Run] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_run_left() -> Iterator[None]:
+    """A script a failed test left running is killed, and its pipes closed."""
+    yield
+    while _runs:
+        run = _runs.pop()
+        if run.proc.poll() is None:
+            run.proc.kill()
+        run.proc.communicate(timeout=30)
+
+
 class Run:
     """One run of the checkpointed script."""
 
     def __init__(self, db: Path, log: Path, backend: str, count: int, *extra: str) -> None:
+        _runs.append(self)
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, str(SCRIPT), str(db), str(log), backend, str(count), *extra],

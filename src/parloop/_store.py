@@ -125,9 +125,12 @@ class Store:
     def _prepare(self) -> None:
         db = self.db
         try:
-            found = db.execute("PRAGMA application_id").fetchone()[0]
-            version = db.execute("PRAGMA user_version").fetchone()[0]
-            empty = db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            # One statement, one snapshot: another process may be creating
+            # the file's tables (and its id) at this very moment.
+            tables, found, version = db.execute(
+                "SELECT count(*), (SELECT application_id FROM pragma_application_id()), "
+                "(SELECT user_version FROM pragma_user_version()) FROM sqlite_master").fetchone()
+            empty = tables == 0
         except sqlite3.DatabaseError as exc:
             raise CheckpointError(
                 f"{self.path!r} is not a parloop checkpoint ({exc}). Give checkpoint= a new "
