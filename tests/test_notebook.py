@@ -154,3 +154,45 @@ def test_progress_is_a_live_bar_in_a_notebook(notebook: Notebook) -> None:
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
     assert widgets, f"no widget among {outputs}"
     assert any(o.get("text", "").strip() == "50" for o in outputs)
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(240)
+def test_setup_submit_and_a_checkpoint_with_cell_functions(notebook: Notebook,
+                                                          tmp_path: Any) -> None:
+    db = str(tmp_path / "cells.db")
+    notebook.run(f"""
+import os
+from concurrent.futures import as_completed
+from parloop import parallel_for, worker_id
+
+def load():
+    return {{"pid": os.getpid(), "offset": 100}}
+
+def shifted(state, x):
+    assert state["pid"] == os.getpid()
+    return state["offset"] + x, worker_id()
+
+calls = parallel_for(shifted, setup=load, backend="process", workers=2, checkpoint={db!r})
+""")
+    first = json.loads(notebook.text("import json; print(json.dumps(calls(range(6))))"))
+    assert [value for value, _ in first] == [100 + x for x in range(6)]
+    assert {ident for _, ident in first} <= {0, 1}
+    again = notebook.text("calls(range(8)); print(calls.last_plan.restored, "
+                          "calls.last_plan.items)")
+    assert again.split() == ["6", "2"]
+    # The cell run again with a new body: its stored results no longer apply.
+    notebook.run("""
+def shifted(state, x):
+    return state["offset"] - x, worker_id()
+
+calls = parallel_for(shifted, setup=load, backend="process", workers=2, checkpoint=%r)
+""" % db)
+    assert notebook.text("print(calls(range(3)), calls.last_plan.restored)").split(
+        "]")[-1].strip() == "0"
+    submitted = notebook.text("""
+with parallel_for(workers=2, backend="process") as pool:
+    futures = [pool.submit(lambda x: x * 3, x) for x in range(4)]
+    print(sorted(f.result() for f in as_completed(futures)))
+""")
+    assert submitted.strip() == "[0, 3, 6, 9]"

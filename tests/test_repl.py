@@ -11,6 +11,7 @@ import re
 import select
 import signal
 import sys
+from pathlib import Path
 import time
 
 import pytest
@@ -131,5 +132,34 @@ def test_ctrl_c_while_the_fork_server_starts_prints_one_traceback(delay: float) 
         after += ANSI.sub(b"", term.seen)
         assert after.count(b"Traceback") == 1, after.decode(errors="replace")
         assert after.count(b"KeyboardInterrupt") == 1, after.decode(errors="replace")
+    finally:
+        term.close()
+
+
+@pytest.mark.no_census
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_setup_and_a_checkpoint_with_functions_typed_at_the_prompt(
+        method: str, tmp_path: Path) -> None:
+    term = Terminal(basic=sys.version_info >= (3, 13))
+    try:
+        term.read_until(b">>> ")
+        term.type("import os", "from parloop import parallel_for, worker_id")
+        term.read_until(b">>> ")
+        term.type("def load(): return os.getpid()", "")
+        term.read_until(b">>> ")
+        term.type("def tag(pid, x): return (pid == os.getpid(), worker_id() in (0, 1), x)", "")
+        term.read_until(b">>> ")
+        term.type(f"f = parallel_for(tag, setup=load, backend='process', workers=2, "
+                  f"start_method={method!r}, checkpoint={str(tmp_path / 'p.db')!r})")
+        term.read_until(b">>> ")
+        term.type('print("R:", all(a and b for a, b, _ in f(range(6))), f.last_plan.stored)')
+        assert b"R: True 6" in term.read_until(b"R: True 6", timeout=60)
+        term.read_until(b">>> ")
+        term.type('print("S:", f(range(7)) == [(True, True, x) for x in range(7)], '
+                  'f.last_plan.restored)')
+        assert b"S: True 6" in term.read_until(b"S: True 6", timeout=60)
+        term.read_until(b">>> ")
+        term.type("exit()")
     finally:
         term.close()
