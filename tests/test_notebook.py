@@ -182,12 +182,12 @@ calls = parallel_for(shifted, setup=load, backend="process", workers=2, checkpoi
                           "calls.last_plan.items)")
     assert again.split() == ["6", "2"]
     # The cell run again with a new body: its stored results no longer apply.
-    notebook.run("""
+    notebook.run(f"""
 def shifted(state, x):
     return state["offset"] - x, worker_id()
 
-calls = parallel_for(shifted, setup=load, backend="process", workers=2, checkpoint=%r)
-""" % db)
+calls = parallel_for(shifted, setup=load, backend="process", workers=2, checkpoint={db!r})
+""")
     assert notebook.text("print(calls(range(3)), calls.last_plan.restored)").split(
         "]")[-1].strip() == "0"
     submitted = notebook.text("""

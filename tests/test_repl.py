@@ -11,8 +11,8 @@ import re
 import select
 import signal
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 import pytest
 from procs import descendants, wait_gone
