@@ -121,10 +121,15 @@ def test_ctrl_c_stores_every_finished_result_then_the_rerun_does_the_rest(
     first.proc.send_signal(signal.SIGINT)
     code, _, err = first.finish()
     assert code != 0 and "KeyboardInterrupt" in err, err
-    kept = stored(db)
+    kept, finished = stored(db), len(first.ran())
     if backend == "serial":  # the caller ran every finished item, and stored each
-        assert kept == len(first.ran())
-    assert 6 <= kept <= len(first.ran())
+        assert kept == finished
+    else:
+        # Every result that reached the caller is stored. A worker's last one
+        # may have been on its way (the item logs itself before it returns,
+        # and its report may be read but not yet handed on): at most two per
+        # worker are lost with the workers, and run again.
+        assert finished - 4 <= kept <= finished
     facts, ran = ran_to_the_end(db, tmp_path / "second.log", backend, count, "--sleep", "0.1")
     assert facts["results"] == [x * x for x in range(count)]
     assert len(ran) == count - kept
