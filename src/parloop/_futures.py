@@ -66,13 +66,13 @@ class ItemFuture(Future[R]):
 class Submitter:
     """A block's submits: their drivers, and the futures not yet settled."""
 
-    def __init__(self, block: _scope.Block) -> None:
+    def __init__(self, block: _scope.Block, record: Callable[[Plan], None]) -> None:
         self._block = block
+        self._record = record  # the block's pool.last_plan: the latest call that ended
         self._lock = threading.Lock()
         self._executor: ThreadPoolExecutor | None = None
         self._open: set[ItemFuture[Any]] = set()
         self._closed = False
-        self.last_plan: Plan | None = None
 
     def submit(self, fn: Callable[..., R], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> ItemFuture[R]:
@@ -92,9 +92,6 @@ class Submitter:
     def _settled(self, future: Future[Any]) -> None:
         with self._lock:
             self._open.discard(future)
-
-    def _record(self, plan: Plan) -> None:
-        self.last_plan = plan
 
     def _drive(self, future: ItemFuture[Any], fn: Callable[..., Any], args: tuple[Any, ...],
                kwargs: dict[str, Any]) -> None:

@@ -37,7 +37,7 @@ class Pool:
         cancels them when the block raised."""
         with self._lock:
             if self._submitter is None:
-                self._submitter = Submitter(self._block)
+                self._submitter = Submitter(self._block, self._record)
         return self._submitter.submit(fn, args, kwargs)
 
     def close(self, cancel: bool = False, kill: bool = False) -> None:

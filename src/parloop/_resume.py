@@ -160,9 +160,9 @@ class Ledger:
 class _Merge:
     """Stored results and the engine's, as one stream."""
 
-    def __init__(self, store: Store, function: int, items: _Items, checkpoint: Checkpoint,
+    def __init__(self, store: Store, items: _Items, checkpoint: Checkpoint,
                  return_errors: bool, progress: Any) -> None:
-        self.store, self.function, self.items = store, function, items
+        self.store, self.items = store, items
         self.path, self.return_errors, self.progress = checkpoint.path, return_errors, progress
 
     def _stored(self, position: int, found: tuple[bool, bytes] | None) -> Any:
@@ -296,7 +296,7 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
                                    options.replace(progress=False, checkpoint=None), block,
                                    plans.append, eager_errors=False, abort=abort,
                                    ledger=ledger.note)
-        merge = _Merge(store, function, keyed, checkpoint, options.errors == "return", progress)
+        merge = _Merge(store, keyed, checkpoint, options.errors == "return", progress)
         stream = merge.ordered(engine) if options.ordered else merge.unordered(engine)
         for batch in stream:
             if sink is not None:
