@@ -46,7 +46,8 @@ def _settings(explicit: dict[str, Any], block: _scope.Block | None
     if defaults and "setup" in defaults and not own:
         # A block's setup is for its own pool.map: a function decorated
         # without one does not take a state.
-        defaults = {name: value for name, value in defaults.items() if name != "setup"}
+        defaults = {name: value for name, value in defaults.items()
+                    if name not in ("setup", "teardown")}
     return resolve(explicit, defaults), block
 
 

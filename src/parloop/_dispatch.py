@@ -38,7 +38,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from . import _costs, _planner, _scope
 from ._flow import Flow
@@ -53,7 +53,10 @@ from ._progress import make_progress
 from ._serial import SerialLoop
 from ._stats import RunStats
 from .backends.base import Job
-from .errors import ParloopWarning, warn
+
+if TYPE_CHECKING:
+    from .backends._wire import Ended
+from .errors import ParloopWarning, add_note, warn
 
 __all__ = ["Ledger", "run"]
 
@@ -79,6 +82,7 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
     call.abort = abort
     progress = make_progress(options.progress, call.source.total,
                              getattr(fn, "__name__", "parloop"))
+    failed: BaseException | None = None  # a teardown's error, raised once all have run
     try:
         for batch in call.execute():
             if progress is not None:
@@ -87,6 +91,14 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
                 sink.extend(batch)
             else:
                 yield batch
+    except BaseException:
+        if call.job.tears_down and _end_states(call, options) is not None:
+            warn(f"parloop: a teardown= function raised too: {call.plan.teardown_results}",
+                 ParloopWarning)
+        raise
+    else:
+        if call.job.tears_down:
+            failed = _end_states(call, options)
     finally:
         if progress is not None:
             progress.close()
@@ -94,6 +106,29 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         if logger.isEnabledFor(logging.DEBUG):
             logger.debug("%s: %s", _name(fn), call.plan)
         record(call.plan)
+    if failed is not None:
+        raise failed
+
+
+def _end_states(call: _Call, options: Options) -> BaseException | None:
+    """(``teardown=``, at the call's end.) The caller ends its own state, if
+    it ran items; with what the pool's workers gave back, the teardown
+    results go in the plan: the caller's first, then by worker_id(). The
+    first error, unless ``errors="return"`` puts errors in the list."""
+    from .backends._state import end_here
+
+    made, value, error = end_here(call.job.setup, False)  # type: ignore[arg-type]
+    answers = [(-1, value, error)] if made else []
+    answers += sorted([(1 << 30 if a.worker is None else a.worker, a.value, a.error)
+                       for a in call.ended], key=lambda answer: answer[0])
+    call.plan.teardown_results = [value if error is None else error
+                                  for _, value, error in answers]
+    errors = [error for _, _, error in answers if error is not None]
+    if not errors or options.errors == "return":
+        return None
+    for other in errors[1:]:
+        add_note(errors[0], f"another worker's teardown raised too: {other}")
+    return errors[0]
 
 
 class _Call:
@@ -110,7 +145,7 @@ class _Call:
         if options.setup is not None:
             from .backends._state import setup_for
 
-            setup = setup_for(options.setup)
+            setup = setup_for(options.setup, options.teardown)
         self.job = Job(fn, args, kwargs, options.star, self.policy.stop_on_error, options.timeout,
                        setup)
         # An iterator, an async call or a progress bar gets a batch at least
@@ -124,6 +159,7 @@ class _Call:
         self.head: HeadStart | None = None
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self._workers: int | None = None
+        self.ended: list[Ended] = []  # teardown=: what the workers' teardowns gave back
 
     @property
     def workers(self) -> int:
@@ -180,6 +216,7 @@ class _Call:
             broken = not isinstance(exc, (Exception, GeneratorExit)) and exc is not flow.raised
             raise
         finally:
+            self.ended = flow.ended
             lease.release(broken)
             self._shipped()
         if flow.retreated and self.source.peek():

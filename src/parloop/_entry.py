@@ -49,25 +49,29 @@ class CommonOptions(TypedDict, total=False):
 # setup=: each worker's state goes first, so the function is (state, item, ...).
 @overload
 def parallel_for(fn: Callable[Concatenate[S, T, P], R], /, *, setup: Callable[[], S],
-                 errors: Literal["raise"] = ..., star: Literal[False] = ...,
+                 teardown: Callable[[S], Any] | None = ..., errors: Literal["raise"] = ...,
+                 star: Literal[False] = ...,
                  **options: Unpack[CommonOptions]) -> ParallelFunction[T, P, R]: ...
 
 
 @overload
 def parallel_for(fn: Callable[Concatenate[S, T, P], R], /, *, setup: Callable[[], S],
-                 errors: Literal["return"], star: Literal[False] = ...,
+                 teardown: Callable[[S], Any] | None = ..., errors: Literal["return"],
+                 star: Literal[False] = ...,
                  **options: Unpack[CommonOptions]) -> ParallelFunction[T, P, R | BaseException]: ...
 
 
 @overload
-def parallel_for(*, setup: Callable[[], S], errors: Literal["raise"] = ...,
-                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+def parallel_for(*, setup: Callable[[], S], teardown: Callable[[S], Any] | None = ...,
+                 errors: Literal["raise"] = ..., star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]
                  ) -> SetupOptions[S, Never]: ...
 
 
 @overload
-def parallel_for(*, setup: Callable[[], S], errors: Literal["return"],
-                 star: Literal[False] = ..., **options: Unpack[CommonOptions]
+def parallel_for(*, setup: Callable[[], S], teardown: Callable[[S], Any] | None = ...,
+                 errors: Literal["return"], star: Literal[False] = ...,
+                 **options: Unpack[CommonOptions]
                  ) -> SetupOptions[S, BaseException]: ...
 
 
@@ -86,6 +90,7 @@ def parallel_for(fn: Callable[Concatenate[T, P], R], /, *, errors: Literal["retu
 @overload
 def parallel_for(fn: Callable[..., R], /, *, errors: Literal["raise", "return"] = ...,
                  star: Literal[True], setup: Callable[[], Any] | None = ...,
+                 teardown: Callable[[Any], Any] | None = ...,
                  **options: Unpack[CommonOptions]) -> ParallelFunction[Iterable[Any], [], R]: ...
 
 
@@ -107,6 +112,7 @@ def parallel_for(*, errors: Literal["return"], star: Literal[False] = ...,
 @overload
 def parallel_for(*, errors: Literal["raise", "return"] = ..., star: Literal[True],
                  setup: Callable[[], Any] | None = ...,
+                 teardown: Callable[[Any], Any] | None = ...,
                  **options: Unpack[CommonOptions]) -> StarOptions: ...
 
 
@@ -150,7 +156,10 @@ def parallel_for(target: Any = _MISSING, /, **options: Any) -> Any:
     results are stored there, and a later call runs only the rest), and
     ``setup`` (a function of no arguments, run once per worker: its result,
     the worker's state, is passed to every item's call before the item:
-    ``fn(state, item, ...)``).
+    ``fn(state, item, ...)``), with ``teardown`` (a function of the state:
+    each worker's state then lives for one call, at whose end the worker
+    runs ``teardown(state)``; what each returned is in
+    ``f.last_plan.teardown_results``).
 
     Raises TypeError for a wrong option type or an unknown option, ValueError
     for a bad value, :class:`~parloop.UnpicklableError` when work must go to

@@ -8,7 +8,7 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._input import Input
 from ._planner import ChunkSizer
@@ -16,6 +16,9 @@ from ._policy import ErrorPolicy
 from ._stats import RunStats
 from .backends.base import Backend, Chunk, Job, Outcome
 from .errors import stop_iteration_error
+
+if TYPE_CHECKING:
+    from .backends._wire import Ended
 
 __all__ = ["Flow"]
 
@@ -52,6 +55,7 @@ class Flow:
         self.exhausted = False
         self.input_error: BaseException | None = None
         self.raised: BaseException | None = None  # the error this flow raised itself
+        self.ended: list[Ended] = []  # teardown=: what each worker's teardown gave back
         self.starts: list[int] = []  # ascending starts of chunks not fully answered
         self.chunks: dict[int, tuple[list[Any], list[int]]] = {}  # start -> (items, [unanswered])
         self.attempts: dict[int, int] = {}
@@ -94,6 +98,7 @@ class Flow:
         """The whole parallel run; cancels what is pending if it ends early."""
         backend = self.backend
         backend.start_job(self.job)
+        interrupted = False
         try:
             # With an abort event, wait in slices and look at it between them.
             timeout = None if self.abort is None else ABORT_CHECK_SECONDS
@@ -114,12 +119,20 @@ class Flow:
                     raise GeneratorExit  # as a closed iterator would: cancel, quietly
             if self.input_error is not None:
                 raise self.input_error
-        except BaseException:
+        except BaseException as exc:
             backend.cancel(self.job)
+            # Ctrl-C (not an item's KeyboardInterrupt): no teardowns, the
+            # workers are about to be killed.
+            interrupted = not isinstance(exc, (Exception, GeneratorExit)) \
+                and exc is not self.raised
             raise
         finally:
-            backend.end_job(self.job)
-            self.stats.per_item = self.sizer.per_item
+            try:
+                if self.job.tears_down and not interrupted:
+                    self.ended = backend.end_states(self.job)
+            finally:
+                backend.end_job(self.job)
+                self.stats.per_item = self.sizer.per_item
 
     def fill(self) -> None:
         """Submit chunks until the window is full. A worker's queue is its

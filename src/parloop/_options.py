@@ -26,6 +26,7 @@ DEFAULTS: dict[str, Any] = {
     "errors": "raise", "star": False, "progress": False, "start_method": None, "retries": 0,
     "retry_on": (), "client": None, "address": None, "max_items_per_worker": None,
     "thread_safe": True, "checkpoint": None, "setup": None,
+    "teardown": None,
 }
 NAMES = tuple(DEFAULTS)
 
@@ -51,6 +52,7 @@ class Options:
     thread_safe: bool
     checkpoint: Any  # a _checkpoint.Checkpoint, or None
     setup: Callable[[], Any] | None
+    teardown: Callable[[Any], Any] | None
 
     def __init__(self, **given: Any) -> None:
         for name, default in DEFAULTS.items():
@@ -167,6 +169,8 @@ def _check(name: str, value: Any) -> None:
         raise wrong("a string such as 'tcp://host:8786' or None")
     elif name == "setup" and value is not None and not callable(value):
         raise wrong("a function of no arguments (its result goes to each item) or None")
+    elif name == "teardown" and value is not None and not callable(value):
+        raise wrong("a function of one argument (a worker's state, at the call's end) or None")
     elif name == "checkpoint" and value is not None:
         from ._checkpoint import Checkpoint
 
@@ -192,6 +196,9 @@ def validate(options: Mapping[str, Any]) -> dict[str, Any]:
 
             value = Checkpoint(value)
         out[name] = value
+    if out.get("teardown") is not None and out.get("setup") is None:
+        raise TypeError("parallel_for option 'teardown' ends the state that 'setup' makes, so "
+                        "it needs setup= too: parallel_for(setup=open_db, teardown=close_db)")
     return out
 
 

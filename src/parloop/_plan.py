@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 __all__ = ["Plan", "Reason", "format_seconds"]
 
@@ -57,6 +58,10 @@ class Plan:
     restored: int = 0
     stored: int = 0
     checkpoint: str | None = None
+    #: with ``teardown=``: what each state's teardown returned (or raised,
+    #: with ``errors="return"``): the caller's first, when it ran items, then
+    #: the workers' in ``worker_id()`` order
+    teardown_results: list[Any] = field(default_factory=list)
 
     @property
     def reason(self) -> str:

@@ -14,6 +14,10 @@ the caller, that names its state wherever it travels.
   call runs it again.
 * At most KEEP states per worker: a process serving many setups (a cluster
   worker, or a loop that makes a new lambda per call) drops the oldest.
+* With a ``teardown``, a state lives for one call: its token is new for
+  each call, it is never dropped to make room, and at the call's end each
+  worker that made it runs ``teardown(state)`` (``end_here``), in the
+  thread that made it, and gives back what it returned.
 """
 
 from __future__ import annotations
@@ -28,13 +32,14 @@ from typing import Any
 
 from ..errors import SetupError
 
-__all__ = ["KEEP", "Setup", "set_worker_id", "setup_for", "state_of", "worker_id"]
+__all__ = ["KEEP", "Setup", "end_here", "known_id", "set_worker_id", "setup_for", "state_of", "worker_id"]
 
 KEEP = 4
 
 _lock = threading.Lock()
 _shared: OrderedDict[str, Any] = OrderedDict()  # token -> state, or _Failed
-_local = threading.local()  # .states (per-thread states), .worker_id
+_scoped: dict[str, Any] = {}  # the same for setups with a teardown (never dropped)
+_local = threading.local()  # .states, .scoped (per-thread states), .worker_id
 _process_worker_id: int | None = None
 
 
@@ -43,6 +48,7 @@ def _forget_all() -> None:
     connection or a file handle must not be shared by two processes."""
     global _local, _process_worker_id
     _shared.clear()
+    _scoped.clear()
     _local = threading.local()
     _process_worker_id = None
 
@@ -51,25 +57,29 @@ os.register_at_fork(after_in_child=_forget_all)
 
 
 class Setup:
-    """A setup callable with its token, as a job carries it."""
+    """A setup callable with its token (and teardown), as a job carries it."""
 
-    __slots__ = ("fn", "token")
+    __slots__ = ("fn", "teardown", "token")
 
-    def __init__(self, fn: Callable[[], Any], token: str) -> None:
-        self.fn, self.token = fn, token
+    def __init__(self, fn: Callable[[], Any], token: str,
+                 teardown: Callable[[Any], Any] | None = None) -> None:
+        self.fn, self.token, self.teardown = fn, token, teardown
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Setup, (self.fn, self.token))
+        return (Setup, (self.fn, self.token, self.teardown))
 
 
 _tokens: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
 
-def setup_for(fn: Callable[[], Any]) -> Setup:
+def setup_for(fn: Callable[[], Any], teardown: Callable[[Any], Any] | None = None) -> Setup:
     """(In the caller.) ``fn`` with its token: the same for every call that
-    passes the same callable, so warm workers keep its state between calls."""
+    passes the same callable, so warm workers keep its state between calls;
+    with a ``teardown``, a new one (the state ends with the call)."""
     import uuid
 
+    if teardown is not None:
+        return Setup(fn, uuid.uuid4().hex, teardown)
     try:
         token = _tokens.get(fn)
         if token is None:
@@ -89,24 +99,30 @@ class _Failed:
         self.error, self.job = error, job
 
 
+def _name(fn: Callable[..., Any]) -> str:
+    fn = fn.func if isinstance(fn, functools.partial) else fn
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _where() -> str:
+    """This worker, for an error message."""
+    from .. import _role
+
+    where = f"pid {os.getpid()}, {threading.current_thread().name}"
+    index = known_id()
+    if index is not None:
+        return f"worker {index} ({where})"
+    return f"a worker ({where})" if _role.IN_WORKER else f"the caller ({where})"
+
+
 def _run(setup: Setup, job: object) -> Any:
     try:
         return setup.fn()
     except Exception as exc:
-        fn = setup.fn.func if isinstance(setup.fn, functools.partial) else setup.fn
-        name = getattr(fn, "__qualname__", None) or repr(fn)
-        from .. import _role
+        name = _name(setup.fn)
 
-        where = f"pid {os.getpid()}, {threading.current_thread().name}"
-        index = _known_id()
-        if index is not None:
-            where = f"worker {index} ({where})"
-        elif _role.IN_WORKER:
-            where = f"a worker ({where})"
-        else:
-            where = f"the caller ({where})"
         error = SetupError(f"setup function {name}() raised {type(exc).__name__}: {exc}, in "
-                           f"{where}; no item ran there. Fix the setup function: it runs again "
+                           f"{_where()}; no item ran there. Fix the setup function: it runs again "
                            "on the next call.")
         error.__cause__ = exc
         return _Failed(error, job)
@@ -115,27 +131,61 @@ def _run(setup: Setup, job: object) -> Any:
 def state_of(setup: Setup, per_thread: bool, job: object) -> Any:
     """The state ``setup`` made in this worker (made now, on first use);
     ``job``: the call asking."""
+    keep = setup.teardown is None  # a state with a teardown waits for it
     if per_thread:
-        states = getattr(_local, "states", None)
-        if states is None:
-            states = _local.states = OrderedDict()
+        states = _thread_states(keep)
         found = states.get(setup.token, _local)
         if found is _local or (type(found) is _Failed and found.job != job):
             found = states[setup.token] = _run(setup, job)
-            if len(states) > KEEP:
-                states.popitem(last=False)
+            if keep and len(states) > KEEP:
+                states.popitem(last=False)  # type: ignore[call-arg]
     else:
-        found = _shared.get(setup.token, _local)
+        states = _shared if keep else _scoped
+        found = states.get(setup.token, _local)
         if found is _local or (type(found) is _Failed and found.job != job):
             with _lock:  # a Dask worker's threads: one of them runs it
-                found = _shared.get(setup.token, _local)
+                found = states.get(setup.token, _local)
                 if found is _local or (type(found) is _Failed and found.job != job):
-                    found = _shared[setup.token] = _run(setup, job)
-                    if len(_shared) > KEEP:
+                    found = states[setup.token] = _run(setup, job)
+                    if keep and len(states) > KEEP:
                         _shared.popitem(last=False)
     if type(found) is _Failed:
         raise found.error
     return found
+
+
+def _thread_states(keep: bool) -> dict[str, Any]:
+    name = "states" if keep else "scoped"
+    states: dict[str, Any] | None = getattr(_local, name, None)
+    if states is None:
+        states = OrderedDict() if keep else {}
+        setattr(_local, name, states)
+    return states
+
+
+#: what ``end_here`` says: whether a state was made here, and what its
+#: teardown returned or raised
+Ended = tuple[bool, Any, "BaseException | None"]
+
+
+def end_here(setup: Setup, per_thread: bool) -> Ended:
+    """End this worker's (``per_thread``: this thread's) state of ``setup``:
+    run ``setup.teardown`` on it and drop it. A setup that failed, or that
+    never ran here, made no state to end."""
+    if per_thread:
+        found = _thread_states(False).pop(setup.token, _local)
+    else:
+        with _lock:
+            found = _scoped.pop(setup.token, _local)
+    if found is _local or type(found) is _Failed or setup.teardown is None:
+        return False, None, None
+    try:
+        return True, setup.teardown(found), None
+    except Exception as exc:
+        error = SetupError(f"teardown function {_name(setup.teardown)}() raised "
+                           f"{type(exc).__name__}: {exc}, in {_where()}")
+        error.__cause__ = exc
+        return True, None, error
 
 
 def set_worker_id(index: int | None, per_thread: bool = False) -> None:
@@ -147,7 +197,7 @@ def set_worker_id(index: int | None, per_thread: bool = False) -> None:
         _process_worker_id = index
 
 
-def _known_id() -> int | None:
+def known_id() -> int | None:
     found = getattr(_local, "worker_id", None)
     return _process_worker_id if found is None else int(found)
 
@@ -158,7 +208,7 @@ def worker_id() -> int:
     index). 0 in the caller, which runs serial calls (and the items auto
     measures before it starts a pool). Raises RuntimeError where no index
     is known (on Ray)."""
-    found = _known_id()
+    found = known_id()
     if found is None:
         from .. import _role
 

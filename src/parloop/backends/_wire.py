@@ -10,7 +10,9 @@ caller -> worker::
     JobMessage(job_id, payload)          a job's JobSpec, pickled once per call
     RunChunk(job_id, start, size,        items start .. start + size - 1: one
              items, split)               pickle, or (split) one pickle per item
-    Cancel(job_id) / Forget(job_id) / Stop()
+    Cancel(job_id) / Forget(job_id, teardown) / Stop()
+                                         (teardown: run the setup's teardown
+                                         here and answer with Ended)
     Revoke(job_id, start)                give back this chunk if it has not started
 
 worker -> caller::
@@ -20,6 +22,8 @@ worker -> caller::
     Revoked(job_id, start, given_back)   the answer to Revoke
     Done(job_id, start, values, errors,  results of consecutive items (a chunk
          busy, final, slowest, wrapped)  reports in parts every 50 ms)
+    Ended(job_id, worker, made, value,   what teardown(state) returned (value,
+          error)                         pickled) or raised (error, Captured)
 
 An exception crosses as a ``Captured``: its pickle (when it has one), type,
 message and formatted traceback; ``rebuild`` turns it back into the
@@ -38,9 +42,9 @@ from .. import _pickling
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
 from .base import Chunk, Job, Outcome
 
-__all__ = ["Cancel", "Captured", "Done", "Forget", "JobMessage", "JobSpec", "Pickled", "Ready",
+__all__ = ["Cancel", "Captured", "Done", "Ended", "Forget", "JobMessage", "JobSpec", "Pickled", "Ready",
            "Resend", "Revoke", "Revoked", "RunChunk", "SpecCache", "Stop", "capture", "decode",
-           "dump_value", "failed_outcome", "pack_items", "unpickle_error"]
+           "dump_value", "end_state", "failed_outcome", "pack_items", "unpickle_error"]
 
 PROTOCOL = 5
 
@@ -82,6 +86,30 @@ class Cancel(NamedTuple):
 
 class Forget(NamedTuple):
     job_id: int
+    teardown: bool = False  # end the job's setup state here, answering with Ended
+
+
+class Ended(NamedTuple):
+    """A worker's state of a job's ``setup`` has ended: ``made`` says whether
+    it had one; ``value`` is what the teardown returned, ``error`` what it
+    raised (on the wire: a pickle and a Captured; ``rebuilt`` in the caller)."""
+
+    job_id: int
+    worker: int | None  # its worker_id()
+    made: bool
+    value: Any = None
+    error: Any = None
+
+    def rebuilt(self, load: Callable[[Any], Any]) -> Ended:
+        value, error = self.value, self.error
+        if isinstance(error, Captured):
+            error = error.rebuild()
+        elif self.made and error is None:
+            try:
+                value = load(value)
+            except BaseException as exc:
+                error = unpickle_error("teardown's result", None, exc)
+        return self._replace(value=value, error=error)
 
 
 class Stop(NamedTuple):
@@ -199,6 +227,23 @@ def unpickle_error(what: str, index: int | None, exc: BaseException,
     return error
 
 
+def end_state(job_id: int, setup: Any, per_thread: bool = False,
+              pack: Callable[[Any], Any] | None = None) -> Ended:
+    """(In a worker.) End this worker's state of ``setup`` (a ``_state.Setup``;
+    see ``_state.end_here``); ``pack``: make it ready to cross to the caller."""
+    from ._state import end_here, known_id
+
+    made, value, error = end_here(setup, per_thread)
+    if pack is None or not made:
+        return Ended(job_id, known_id(), made, value, error)
+    if error is None:
+        try:
+            value = pack(value)
+        except BaseException as exc:
+            value, error = None, unpickle_error("teardown's result", None, exc, pickling=True)
+    return Ended(job_id, known_id(), made, value, None if error is None else capture(error))
+
+
 class SpecCache:
     """A worker's loaded job specs: each loaded once, on first use, or the
     error that loading it raised (raised again for each of its chunks).
@@ -228,9 +273,11 @@ class SpecCache:
             raise spec
         return spec
 
-    def forget(self, key: Any) -> None:
+    def forget(self, key: Any) -> JobSpec | None:
+        """Drop ``key``'s spec; the spec, if it was loaded (its items ran here)."""
         self._raw.pop(key, None)
-        self._loaded.pop(key, None)
+        spec = self._loaded.pop(key, None)
+        return spec if isinstance(spec, JobSpec) else None
 
 
 # -- the caller's side -------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from ._state import Setup
+    from ._wire import Ended
 
 __all__ = ["LIVE_JOBS", "Backend", "Chunk", "Job", "Outcome", "Settings", "per_item"]
 
@@ -112,6 +113,11 @@ class Job:
             LIVE_JOBS[self.id] = self
         #: the engine's latest estimate of one item's seconds (None: not yet known)
         self.item_seconds: float | None = None
+
+    @property
+    def tears_down(self) -> bool:
+        """Whether each worker's state ends with this job (``teardown=``)."""
+        return self.setup is not None and self.setup.teardown is not None
 
     def call(self, item: Any) -> Any:
         if self.star:
@@ -283,6 +289,15 @@ class Backend(ABC):
                         if outcome.job_id in self._active:  # results of ended jobs are dropped
                             self._held[outcome.job_id].append(outcome)
                     self._turns.notify_all()
+
+    def end_states(self, job: Job) -> list[Ended]:
+        """(``setup=`` with a ``teardown``.) Run the teardown on each worker
+        that made a state of ``job``'s setup, and return what each one gave
+        back, with the results in the caller's process. Called once the job's
+        last chunk is done (or cancelled), before ``end_job``; it waits for
+        workers busy with other jobs' items. A worker that dies meanwhile
+        gives nothing back."""
+        raise NotImplementedError(f"the {self.name} backend cannot run teardown=")
 
     def end_job(self, job: Job) -> None:
         """Forget ``job``: called when its call returns or is abandoned."""

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ._runner import EVERYTHING, run_items
 from ._state import set_worker_id
-from ._wire import Done, JobSpec, decode
+from ._wire import Done, Ended, JobSpec, decode, end_state
 from .base import Backend, Chunk, Job, Outcome, Settings, drain
 
 __all__ = ["ThreadBackend", "create"]
@@ -44,6 +44,7 @@ class ThreadBackend(Backend):
         self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
         self._futures: defaultdict[int, set[Future[None]]] = defaultdict(set)
         self._cancelled: set[int] = set()  # jobs whose remaining items must not start
+        self._ending = threading.Lock()  # one round of teardowns at a time
 
     def _number_thread(self) -> None:
         set_worker_id(next(self._numbers), per_thread=True)
@@ -80,6 +81,21 @@ class ThreadBackend(Backend):
             futures = self._futures.pop(job.id, set())
         for future in futures:
             future.cancel()
+
+    def end_states(self, job: Job) -> list[Ended]:
+        """Each pool thread ends its own state (a connection may be bound to
+        the thread that opened it): one task per thread, held at a barrier
+        until every thread has one, so that no thread takes two."""
+        barrier = threading.Barrier(self.workers)
+
+        def end_this_thread() -> Ended:
+            barrier.wait()
+            return end_state(job.id, job.setup, per_thread=True)
+
+        with self._ending:  # two rounds at once could each hold half the threads
+            futures = [self._executor.submit(end_this_thread) for _ in range(self.workers)]
+            ended = [future.result() for future in futures]
+        return [answer for answer in ended if answer.made]
 
     def end_job(self, job: Job) -> None:
         super().end_job(job)

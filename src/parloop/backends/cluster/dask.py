@@ -11,9 +11,10 @@ import time
 from typing import Any
 
 from ..._options import Options
-from ..base import Chunk, drain
+from .._wire import Ended
+from ..base import Chunk, Job, drain
 from .shared import ClusterBackend, _Lost, _ShippedJob
-from .task import Reply, run_chunk_remote
+from .task import Reply, end_state_remote, run_chunk_remote
 
 __all__ = ["DaskBackend"]
 
@@ -144,6 +145,10 @@ class DaskBackend(ClusterBackend):
 
     def _slots(self) -> int:
         return sum(self._client.nthreads().values()) or self.workers
+
+    def _run_everywhere(self, job: Job) -> list[Ended]:
+        # Not a task: client.run reaches each worker process once, busy or not.
+        return list(self._client.run(end_state_remote, job.setup).values())
 
     def close(self, *, kill: bool = False) -> None:
         with self._lock:

@@ -1,5 +1,14 @@
-"""The Ray backend: each chunk is one Ray task; see ``_cluster.py`` for the whole
+"""The Ray backend: each chunk is one Ray task; see ``shared.py`` for the whole
 picture, which the two backends share.
+
+A job with ``teardown=`` runs on Ray actors instead: Ray never sends code to
+a given task's worker process again, but it does to an actor's. The job gets
+an actor per task it runs at once (made as needed, at most one per CPU), and
+each actor takes one task at a time, keeps the state its items made, and at
+the job's end runs the teardown and is killed; ``worker_id()`` there is the
+actor's index. A cancelled actor task stops before its next item (Ray does
+not interrupt a running actor task); one past its timeout has its actor
+killed and replaced.
 
 It runs on the Ray this process already initialised, else connects to
 ``address=``, else starts a local Ray with ``workers`` CPUs. Ray is shut down
@@ -14,9 +23,10 @@ from typing import Any
 
 from ..._options import Options
 from ...errors import ParloopWarning, warn
-from ..base import Chunk
+from .._wire import Ended
+from ..base import Chunk, Job
 from .shared import ClusterBackend, _ShippedJob
-from .task import Reply, run_chunk_remote
+from .task import Reply, end_state_remote, run_chunk_remote
 
 __all__ = ["RayBackend"]
 
@@ -50,13 +60,55 @@ class RayBackend(ClusterBackend):
         # max_retries=0: a task whose worker dies comes back at once as
         # WorkerCrashedError instead of killing three more workers first.
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_chunk_remote)
+        self._holder = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Holder)
+        self._crews: dict[int, _Crew] = {}  # job id -> its actors (teardown=)
         self._closed = False
 
     def _ship(self, blob: bytes) -> Any:
         return self._ray.put(blob)
 
     def _launch(self, state: _ShippedJob, chunk: Chunk, packed: Any) -> Any:
-        return self._remote.remote(state.key, state.spec, chunk.start, len(chunk.items), packed)
+        args = (state.key, state.spec, chunk.start, len(chunk.items), packed)
+        if not chunk.job.tears_down:
+            return self._remote.remote(*args)
+        crew = self._crews.setdefault(chunk.job.id, _Crew())
+        taken = set(crew.busy.values())
+        index = next((i for i in range(len(crew.actors)) if i not in taken), len(crew.actors))
+        if index == len(crew.actors):
+            crew.actors.append(self._holder.remote(index))
+        ref = crew.actors[index].run.remote(*args)
+        crew.busy[ref] = index
+        return ref
+
+    def _crew_of(self, ref: Any) -> tuple[_Crew | None, int]:
+        for crew in self._crews.values():
+            index = crew.busy.pop(ref, None)
+            if index is not None:
+                return crew, index
+        return None, -1
+
+    def _replace(self, crew: _Crew, index: int) -> None:
+        """A new actor in the place of one that died or was killed."""
+        crew.actors[index] = self._holder.remote(index)
+
+    def _run_everywhere(self, job: Job) -> list[Ended]:
+        crew = self._crews.get(job.id)
+        if crew is None:
+            return []
+        answers = []
+        for ref in [actor.end.remote(job.setup) for actor in crew.actors]:
+            try:
+                answers.append(self._ray.get(ref))
+            except self._ray.exceptions.RayActorError:
+                pass  # it died: its state with it
+        return answers
+
+    def end_job(self, job: Job) -> None:
+        super().end_job(job)
+        with self._lock:
+            crew = self._crews.pop(job.id, None)
+        for actor in crew.actors if crew is not None else ():
+            self._ray.kill(actor)  # gives its CPU back
 
     def _finished(self, timeout: float | None) -> list[Any]:
         pending = list(self._tasks)
@@ -66,23 +118,33 @@ class RayBackend(ClusterBackend):
         return list(ready)
 
     def _results(self, handles: list[Any]) -> list[tuple[Reply, BaseException | None]]:
-        try:
-            return [(reply, None) for reply in self._ray.get(handles)]
-        except Exception:  # at least one failed: fetch them one by one
-            pass
         replies: list[tuple[Reply, BaseException | None]] = []
-        for ref in handles:
-            try:
-                replies.append((self._ray.get(ref), None))
-            except Exception as exc:
-                replies.append((None, exc))
+        try:
+            replies = [(reply, None) for reply in self._ray.get(handles)]
+        except Exception:  # at least one failed: fetch them one by one
+            for ref in handles:
+                try:
+                    replies.append((self._ray.get(ref), None))
+                except Exception as exc:
+                    replies.append((None, exc))
+        for ref, (_, error) in zip(handles, replies, strict=True):
+            crew, index = self._crew_of(ref)  # the actor is free again
+            if crew is not None and error is not None and self._is_crash(error):
+                self._replace(crew, index)
         return replies
 
     def _stop(self, handles: list[Any], hard: bool = False) -> None:
         # A plain cancel interrupts a running task with KeyboardInterrupt, which
         # the task takes as its signal to stop; ``hard`` kills its worker.
         for ref in handles:
-            self._ray.cancel(ref, force=hard)
+            crew, index = self._crew_of(ref)
+            if crew is None:
+                self._ray.cancel(ref, force=hard)
+            elif hard:  # an actor task is never force-cancelled: its actor is killed
+                self._ray.kill(crew.actors[index])
+                self._replace(crew, index)
+            else:
+                self._ray.cancel(ref)
 
     def _is_crash(self, error: BaseException) -> bool:
         lost = self._ray.exceptions
@@ -99,11 +161,49 @@ class RayBackend(ClusterBackend):
                 return
             self._closed = True
             self._drop_all()
+            crews, self._crews = list(self._crews.values()), {}
+        for crew in crews:
+            for actor in crew.actors:
+                self._ray.kill(actor)
         with _users_lock:
             _users -= self._counted
             if self._counted and _users == 0 and _started:
                 self._ray.shutdown()
                 _started = False
+
+
+class _Crew:
+    """A job's actors, and which task each runs now."""
+
+    def __init__(self) -> None:
+        self.actors: list[Any] = []
+        self.busy: dict[Any, int] = {}  # task -> the index of the actor running it
+
+
+class _Cancelled:
+    """``cancelled`` for an actor's task: ray.cancel sets a flag, read
+    between items (an actor task is not interrupted)."""
+
+    def __contains__(self, job_id: object) -> bool:
+        import ray
+
+        return bool(ray.get_runtime_context().is_canceled())
+
+
+class Holder:
+    """(A Ray actor, see above.) Runs the chunks of one job with
+    ``teardown=`` and keeps its state; ``index`` is its worker_id()."""
+
+    def __init__(self, index: int) -> None:
+        from .._state import set_worker_id
+
+        set_worker_id(index)
+
+    def run(self, key: str, spec: Any, start: int, count: int, packed: Any) -> Reply:
+        return run_chunk_remote(key, spec, start, count, packed, cancelled=_Cancelled())
+
+    def end(self, setup: Any) -> Ended:
+        return end_state_remote(setup)
 
 
 def _warn_if_elsewhere(ray: Any, address: str | None) -> None:

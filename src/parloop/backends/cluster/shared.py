@@ -55,7 +55,7 @@ from typing import Any
 
 from ... import _pickling
 from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from .._wire import JobSpec, decode, failed_outcome, pack_item, pack_items
+from .._wire import Ended, JobSpec, decode, failed_outcome, pack_item, pack_items
 from ..base import Backend, Chunk, Job, Outcome
 from .task import Reply
 
@@ -86,10 +86,11 @@ class _Task:
 
 def _held_back(job: Job) -> bool:
     """Whether the cluster gets no more of ``job``'s tasks than it has free
-    threads: with a timeout (a task sent is then taken to be running), and
-    with long items, so that no task of them waits behind another on a busy
-    worker while another worker idles."""
-    return job.timeout is not None or (job.item_seconds or 0.0) >= LONG_ITEM
+    threads: with a timeout (a task sent is then taken to be running), with
+    long items, so that no task of them waits behind another on a busy
+    worker while another worker idles, and with a teardown (Ray's actors
+    then take one task at a time, see ``ray``)."""
+    return job.timeout is not None or (job.item_seconds or 0.0) >= LONG_ITEM or job.tears_down
 
 
 @dataclass(eq=False)
@@ -147,6 +148,11 @@ class ClusterBackend(Backend):
 
     def _slots(self) -> int:
         """How many tasks the cluster runs at once."""
+        raise NotImplementedError
+
+    def _run_everywhere(self, job: Job) -> list[Ended]:
+        """``task.end_state_remote(job.setup)`` on every worker process that
+        may hold a state of it, with their answers."""
         raise NotImplementedError
 
     # -- sending ------------------------------------------------------------------------
@@ -220,6 +226,12 @@ class ClusterBackend(Backend):
             self._quarantine = deque(t for t in self._quarantine if t.chunk.job is not job)
             self._waiting = deque(t for t in self._waiting if t.chunk.job is not job)
             self._ready = [o for o in self._ready if o.job_id != job.id]
+
+    def end_states(self, job: Job) -> list[Ended]:
+        import pickle
+
+        return [answer.rebuilt(pickle.loads) for answer in self._run_everywhere(job)
+                if answer.made]
 
     def end_job(self, job: Job) -> None:
         with self._lock:

@@ -9,14 +9,15 @@ import os
 import pickle
 import socket
 import threading
+from collections.abc import Container
 from typing import Any
 
 from ... import _role
 from .._runner import report_failure, run_items
 from .._state import set_worker_id
-from .._wire import Done, SpecCache, dump_value, unpickle_error
+from .._wire import Done, Ended, SpecCache, dump_value, end_state, unpickle_error
 
-__all__ = ["Reply", "run_chunk_remote"]
+__all__ = ["Reply", "end_state_remote", "run_chunk_remote"]
 
 #: what a remote task returns: the worker's name and its reports; None when
 #: the items did not unpickle as one list
@@ -39,8 +40,10 @@ def _number_worker() -> None:
     set_worker_id(name if isinstance(name, int) and not isinstance(name, bool) else None)
 
 
-def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any) -> Reply:
-    """The remote task: run items ``start .. start + count - 1`` of job ``key``."""
+def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any,
+                     cancelled: Container[int] = ()) -> Reply:
+    """The remote task: run items ``start .. start + count - 1`` of job ``key``;
+    ``cancelled`` says (between items) whether the task was cancelled."""
     _role.IN_WORKER = True
     _number_worker()
     worker = f"{socket.gethostname()} pid {os.getpid()}"
@@ -62,6 +65,12 @@ def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any)
     status = memoryview(array.array("d", [0.0, 0.0, 0.0]))  # nobody watches it here
     # KeyboardInterrupt is also how Ray cancels a running task: it ends the chunk.
     run_items(0, job, start, items, packed if split else None, report=reports.append,
-              status=status, cancelled=(), load=pickle.loads, pack=dump_value,
+              status=status, cancelled=cancelled, load=pickle.loads, pack=dump_value,
               stop_on_interrupt=True, call=key)
     return worker, reports
+
+
+def end_state_remote(setup: Any) -> Ended:
+    """Run on every worker of the cluster at a job's end (``teardown=``):
+    end this worker process's state of ``setup``, if it made one."""
+    return end_state(0, setup, pack=dump_value)

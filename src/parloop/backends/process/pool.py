@@ -54,6 +54,7 @@ from ...errors import WorkerCrashedError
 from .._wire import (
     Cancel,
     Done,
+    Ended,
     Forget,
     JobMessage,
     Ready,
@@ -95,6 +96,7 @@ class ProcessBackend(Backend):
         self._roster = Roster(workers, start_method, max(1, _cpu.cpu_count() // workers),
                               IDLE_TIMEOUT, max_items)
         self._inherited = False
+        self._ending: dict[int, tuple[set[int], list[Ended]]] = {}  # job id -> (pids, answers)
         _children.track(self)
         self._roster.refill()
         if not self._roster.workers:
@@ -215,6 +217,27 @@ class ProcessBackend(Backend):
             for worker in self._roster.running(job):
                 worker.process.kill()
 
+    def end_states(self, job: Job) -> list[Ended]:
+        """Forget(teardown) to each worker that had ``job``; each answers
+        with Ended once it is through what it holds of other jobs."""
+        with self._lock:
+            waiting, answers = self._ending[job.id] = (set(), [])
+            for worker in self._roster.workers:
+                if job.id in worker.jobs:
+                    worker.jobs.discard(job.id)
+                    if self._send(worker, Forget(job.id, teardown=True)):
+                        waiting.add(worker.pid)
+        try:
+            while True:
+                with self._lock:
+                    waiting.intersection_update(w.pid for w in self._roster.workers)
+                    if not waiting:  # answered, or died (its state died with it)
+                        return answers
+                self.wait(job, STOP_CHECK)  # the poller hands answers to _handle
+        finally:
+            with self._lock:
+                del self._ending[job.id]
+
     def end_job(self, job: Job) -> None:
         with self._lock:
             super().end_job(job)
@@ -299,6 +322,11 @@ class ProcessBackend(Backend):
                 self._outcomes.append(decode(sent.chunk, message, worker.name, shm.loads))
         elif kind is Revoked:
             self._given_back(worker, message)
+        elif kind is Ended:
+            waiting, answers = self._ending.get(message.job_id, (set(), []))
+            waiting.discard(worker.pid)
+            if message.made:
+                answers.append(message.rebuilt(shm.loads))
         elif kind is Ready:
             self._roster.started(worker)
         elif kind is Resend:

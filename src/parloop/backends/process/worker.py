@@ -35,6 +35,7 @@ from .._runner import IDLE, PREPARING, report_failure, run_items
 from .._state import set_worker_id
 from .._wire import (
     Cancel,
+    Ended,
     Forget,
     JobMessage,
     Ready,
@@ -45,6 +46,7 @@ from .._wire import (
     SpecCache,
     Stop,
     cloud_dumps,
+    end_state,
     unpickle_error,
 )
 from . import pipe, shm
@@ -244,8 +246,11 @@ def _serve(conn: Any, status: MutableSequence[float], threads: int, idle_timeout
         elif kind is JobMessage:
             runner.specs.add(message.job_id, message.payload)
         elif kind is Forget:
-            runner.specs.forget(message.job_id)
+            spec = runner.specs.forget(message.job_id)
             cancelled.discard(message.job_id)
+            if message.teardown:  # the caller waits for this answer
+                runner.send(end_state(message.job_id, spec.setup, pack=_pack_result) if spec is not None
+                            else Ended(message.job_id, None, False))
         elif kind is Stop:
             return
 
