@@ -302,3 +302,28 @@ def start_sleep_end(directory: str, name: str, seconds: float) -> str:
 def pick(i: int, table: Any) -> Any:
     """Item ``i`` of ``table`` (an extra argument), or the type of ``table``."""
     return table[i] if hasattr(table, "__getitem__") else type(table).__name__
+
+
+def counted(state: dict[str, Any], x: int, pause: float = 0.0) -> int:
+    """Counts the items its state has served, then returns the item."""
+    state["n"] = state.get("n", 0) + 1
+    time.sleep(pause)
+    return x
+
+
+def close_noted(state: dict[str, Any]) -> dict[str, Any]:
+    """A teardown: where its state was made, where it ends, and how many
+    items the state served."""
+    import threading
+
+    from parloop import worker_id
+
+    return {"made": (state["pid"], state["thread"], state["id"]),
+            "ended": (os.getpid(), threading.get_ident(), worker_id()), "n": state.get("n", 0)}
+
+
+def close_failing(state: dict[str, Any]) -> dict[str, Any]:
+    """A teardown that raises in worker 1 (and returns elsewhere)."""
+    if state["id"] == 1:
+        raise OSError("the disk is full")
+    return close_noted(state)

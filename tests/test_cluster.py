@@ -25,7 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import add, die_on, fail_on, failing_setup, note_setup, raise_base, sleep_then, square, state_pid
+from helpers import (
+    add,
+    close_noted,
+    counted,
+    die_on,
+    fail_on,
+    failing_setup,
+    note_setup,
+    raise_base,
+    sleep_then,
+    square,
+    state_pid,
+)
 
 from parloop import TaskTimeoutError, UnpicklableError, WorkerCrashedError, _scope, parallel_for
 from parloop.errors import RemoteTraceback
@@ -463,3 +475,25 @@ def test_pool_submit_runs_one_call_on_the_cluster(engine: Engine) -> None:
         failed = pool.submit(fail_on, 3)
         assert isinstance(failed.exception(timeout=60), ValueError)
         assert pool.submit(square, 7).result(timeout=60) == 49
+
+
+def test_teardown_ends_each_workers_state_and_returns_what_it_gave(
+        engine: Engine, tmp_path: Path) -> None:
+    import functools
+
+    log = tmp_path / "setup.log"
+    fn = parallel_for(counted, setup=functools.partial(note_setup, str(log)),
+                      teardown=close_noted, chunksize=1, **engine.options)
+    for _ in range(2):  # each call makes and ends its own states
+        assert fn(range(10), 0.02) == list(range(10))
+        ended = fn.last_plan.teardown_results  # type: ignore[union-attr]
+        assert sum(result["n"] for result in ended) == 10  # every item's state was ended
+        for result in ended:  # in the process that made it, with the same worker_id()
+            assert (result["made"][0], result["made"][2]) == \
+                (result["ended"][0], result["ended"][2])
+        assert {result["ended"][0] for result in ended}.isdisjoint({os.getpid()})
+        ids = [result["ended"][2] for result in ended]
+        assert set(ids) <= {0, 1} and ids == sorted(ids)  # Ray too: its actors have an index
+        made = len(log.read_text().splitlines())
+        log.unlink()
+        assert made == len(ended)  # one teardown per state: none missed, none twice

@@ -55,7 +55,7 @@ from ._stats import RunStats
 from .backends.base import Job
 
 if TYPE_CHECKING:
-    from .backends._wire import Ended
+    from .backends.base import Ended
 from .errors import ParloopWarning, add_note, warn
 
 __all__ = ["Ledger", "run"]

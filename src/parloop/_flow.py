@@ -18,7 +18,7 @@ from .backends.base import Backend, Chunk, Job, Outcome
 from .errors import stop_iteration_error
 
 if TYPE_CHECKING:
-    from .backends._wire import Ended
+    from .backends.base import Ended
 
 __all__ = ["Flow"]
 

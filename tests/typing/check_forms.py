@@ -51,6 +51,14 @@ def make_text() -> str:
     return "state"
 
 
+def make_base() -> dict[str, int]:
+    return {"base": 1}
+
+
+def upper_text(text: str) -> str:
+    return text.upper()
+
+
 def report(done: int, total: int | None) -> None:
     print(done, total)
 
@@ -138,6 +146,13 @@ def forms() -> None:
     with parallel_for(setup=load) as pool:
         print(pool.map(scaled, [1.0]))
 
+    # teardown=: it takes the state setup made.
+    def close(state: dict[str, float]) -> int:
+        return len(state)
+
+    assert_type(parallel_for(scaled, setup=load, teardown=close)([1.0]), list[float])
+    assert_type(parallel_for(setup=load, teardown=close)(scaled)([1.0]), list[float])
+
     # pool.submit: a typed concurrent.futures.Future.
     with parallel_for(workers=2) as pool:
         assert_type(pool.submit(times, 1.0, 2.0, offset=1.0), Future[float])
@@ -187,6 +202,8 @@ def rejected() -> None:
     # A setup whose result is not what the function takes first.
     parallel_for(with_state, setup=make_text)  # type: ignore[arg-type]
     parallel_for(setup=make_text)(with_state)  # type: ignore[arg-type]
+    # A teardown that does not take what the setup made.
+    parallel_for(with_state, setup=make_base, teardown=upper_text)  # type: ignore[arg-type]
     Checkpoint("sweep.db", reuse="no")  # type: ignore[arg-type]
     # The loop form checks the items against the loop body.
 

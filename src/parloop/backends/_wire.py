@@ -40,11 +40,33 @@ from typing import Any, NamedTuple
 
 from .. import _pickling
 from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
-from .base import Chunk, Job, Outcome
+from .base import Chunk, Ended, Job, Outcome
 
-__all__ = ["Cancel", "Captured", "Done", "Ended", "Forget", "JobMessage", "JobSpec", "Pickled", "Ready",
-           "Resend", "Revoke", "Revoked", "RunChunk", "SpecCache", "Stop", "capture", "decode",
-           "dump_value", "end_state", "failed_outcome", "pack_items", "unpickle_error"]
+__all__ = [
+    "Cancel",
+    "Captured",
+    "Done",
+    "Ended",
+    "Forget",
+    "JobMessage",
+    "JobSpec",
+    "Pickled",
+    "Ready",
+    "Resend",
+    "Revoke",
+    "Revoked",
+    "RunChunk",
+    "SpecCache",
+    "Stop",
+    "capture",
+    "decode",
+    "dump_value",
+    "end_state",
+    "failed_outcome",
+    "pack_items",
+    "rebuilt",
+    "unpickle_error",
+]
 
 PROTOCOL = 5
 
@@ -89,27 +111,6 @@ class Forget(NamedTuple):
     teardown: bool = False  # end the job's setup state here, answering with Ended
 
 
-class Ended(NamedTuple):
-    """A worker's state of a job's ``setup`` has ended: ``made`` says whether
-    it had one; ``value`` is what the teardown returned, ``error`` what it
-    raised (on the wire: a pickle and a Captured; ``rebuilt`` in the caller)."""
-
-    job_id: int
-    worker: int | None  # its worker_id()
-    made: bool
-    value: Any = None
-    error: Any = None
-
-    def rebuilt(self, load: Callable[[Any], Any]) -> Ended:
-        value, error = self.value, self.error
-        if isinstance(error, Captured):
-            error = error.rebuild()
-        elif self.made and error is None:
-            try:
-                value = load(value)
-            except BaseException as exc:
-                error = unpickle_error("teardown's result", None, exc)
-        return self._replace(value=value, error=error)
 
 
 class Stop(NamedTuple):
@@ -225,6 +226,20 @@ def unpickle_error(what: str, index: int | None, exc: BaseException,
                                   f"{type(exc).__name__}: {exc}", item=index)
     error.__cause__ = exc
     return error
+
+
+def rebuilt(answer: Ended, load: Callable[[Any], Any]) -> Ended:
+    """(In the caller.) ``answer`` as it crossed, with its value loaded by
+    ``load`` and its error rebuilt."""
+    value, error = answer.value, answer.error
+    if isinstance(error, Captured):
+        error = error.rebuild()
+    elif answer.made and error is None:
+        try:
+            value = load(value)
+        except BaseException as exc:
+            error = unpickle_error("teardown's result", None, exc)
+    return answer._replace(value=value, error=error)
 
 
 def end_state(job_id: int, setup: Any, per_thread: bool = False,

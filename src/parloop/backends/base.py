@@ -42,13 +42,12 @@ import weakref
 from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 if TYPE_CHECKING:
     from ._state import Setup
-    from ._wire import Ended
 
-__all__ = ["LIVE_JOBS", "Backend", "Chunk", "Job", "Outcome", "Settings", "per_item"]
+__all__ = ["LIVE_JOBS", "Backend", "Chunk", "Ended", "Job", "Outcome", "Settings", "per_item"]
 
 _job_ids = itertools.count(1)
 #: every Job of this process while it exists: a worker forked meanwhile holds
@@ -188,6 +187,19 @@ class Outcome:
         self.worker = worker
         self.slowest = slowest  # (seconds, index) of the slowest item here
         self.missing = 0  # the engine's count of slots still waiting for a retry
+
+
+class Ended(NamedTuple):
+    """A worker's state of a job's ``setup`` has ended (``teardown=``):
+    ``made`` says whether it had one; ``value`` is what the teardown
+    returned, ``error`` what it raised. (Across a process: a pickle and a
+    ``_wire.Captured``, until ``_wire.rebuilt``.)"""
+
+    job_id: int
+    worker: int | None  # its worker_id()
+    made: bool
+    value: Any = None
+    error: Any = None
 
 
 def drain(source: Any, timeout: float | None) -> list[Any]:

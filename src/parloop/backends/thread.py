@@ -22,8 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 from ._runner import EVERYTHING, run_items
 from ._state import set_worker_id
-from ._wire import Done, Ended, JobSpec, decode, end_state
-from .base import Backend, Chunk, Job, Outcome, Settings, drain
+from ._wire import Done, JobSpec, decode, end_state
+from .base import Backend, Chunk, Ended, Job, Outcome, Settings, drain
 
 __all__ = ["ThreadBackend", "create"]
 

@@ -11,8 +11,7 @@ import time
 from typing import Any
 
 from ..._options import Options
-from .._wire import Ended
-from ..base import Chunk, Job, drain
+from ..base import Chunk, Ended, Job, drain
 from .shared import ClusterBackend, _Lost, _ShippedJob
 from .task import Reply, end_state_remote, run_chunk_remote
 

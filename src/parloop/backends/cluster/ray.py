@@ -17,14 +17,14 @@ only when parloop started it, and only once no Ray backend still uses it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from typing import Any
 
 from ..._options import Options
 from ...errors import ParloopWarning, warn
-from .._wire import Ended
-from ..base import Chunk, Job
+from ..base import Chunk, Ended, Job
 from .shared import ClusterBackend, _ShippedJob
 from .task import Reply, end_state_remote, run_chunk_remote
 
@@ -97,10 +97,8 @@ class RayBackend(ClusterBackend):
             return []
         answers = []
         for ref in [actor.end.remote(job.setup) for actor in crew.actors]:
-            try:
+            with contextlib.suppress(self._ray.exceptions.RayActorError):  # died, and its state
                 answers.append(self._ray.get(ref))
-            except self._ray.exceptions.RayActorError:
-                pass  # it died: its state with it
         return answers
 
     def end_job(self, job: Job) -> None:

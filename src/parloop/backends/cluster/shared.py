@@ -55,8 +55,8 @@ from typing import Any
 
 from ... import _pickling
 from ...errors import TaskTimeoutError, WorkerCrashedError, short_repr
-from .._wire import Ended, JobSpec, decode, failed_outcome, pack_item, pack_items
-from ..base import Backend, Chunk, Job, Outcome
+from .._wire import JobSpec, decode, failed_outcome, pack_item, pack_items, rebuilt
+from ..base import Backend, Chunk, Ended, Job, Outcome
 from .task import Reply
 
 __all__ = ["ClusterBackend"]
@@ -230,7 +230,7 @@ class ClusterBackend(Backend):
     def end_states(self, job: Job) -> list[Ended]:
         import pickle
 
-        return [answer.rebuilt(pickle.loads) for answer in self._run_everywhere(job)
+        return [rebuilt(answer, pickle.loads) for answer in self._run_everywhere(job)
                 if answer.made]
 
     def end_job(self, job: Job) -> None:

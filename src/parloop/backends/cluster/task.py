@@ -15,7 +15,8 @@ from typing import Any
 from ... import _role
 from .._runner import report_failure, run_items
 from .._state import set_worker_id
-from .._wire import Done, Ended, SpecCache, dump_value, end_state, unpickle_error
+from .._wire import Done, SpecCache, dump_value, end_state, unpickle_error
+from ..base import Ended
 
 __all__ = ["Reply", "end_state_remote", "run_chunk_remote"]
 

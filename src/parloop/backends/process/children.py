@@ -71,6 +71,7 @@ class Worker:
     slot: int = 0  # its worker_id(): a replacement takes the slot of the worker it replaces
     holds: frozenset[int] = frozenset()  # jobs whose arguments it inherited by fork
     jobs: set[int] = field(default_factory=set)
+    ending: set[int] = field(default_factory=set)  # jobs whose teardown it has yet to answer
     inflight: deque[Sent] = field(default_factory=deque)
 
     def load(self) -> int:

@@ -1,15 +1,33 @@
 """When a worker must be stopped from the caller: an item past its
 ``timeout=``, or a cancelled item that its worker has not stopped by itself
-within CANCEL_GRACE. Pure functions over the pool's workers; the pool
-replaces the ones they name."""
+within CANCEL_GRACE. Functions over the pool's workers; the pool replaces
+the ones they name, or kill."""
 
 from __future__ import annotations
+
+import threading
+from typing import Any
 
 from ...errors import TaskTimeoutError, short_repr
 from .children import Worker
 from .worker import CANCEL_GRACE
 
-__all__ = ["overdue", "seconds_to_next"]
+__all__ = ["kill_later", "overdue", "seconds_to_next"]
+
+
+def kill_later(lock: Any, roster: Any, job: Any, seconds: float) -> None:
+    """In ``seconds``, a timer thread kills the workers still on an item of
+    the cancelled ``job``, whether or not anyone polls the pool meanwhile.
+    It only kills: the pool's next use replaces them (no fork from there)."""
+
+    def kill() -> None:
+        with lock:
+            for worker in roster.running(job):
+                worker.process.kill()
+
+    timer = threading.Timer(seconds, kill)
+    timer.name, timer.daemon = "parloop-cancel", True
+    timer.start()
 
 
 def _deadlines(worker: Worker) -> list[float]:

@@ -44,7 +44,6 @@ otherwise a worker would keep its own pipe open and outlive a killed caller
 from __future__ import annotations
 
 import os
-import threading
 import time
 from multiprocessing.connection import wait as wait_for
 from typing import Any
@@ -54,7 +53,6 @@ from ...errors import WorkerCrashedError
 from .._wire import (
     Cancel,
     Done,
-    Ended,
     Forget,
     JobMessage,
     Ready,
@@ -67,8 +65,9 @@ from .._wire import (
     failed_outcome,
     pack_item,
     pack_items,
+    rebuilt,
 )
-from ..base import Backend, Chunk, Job, Outcome
+from ..base import Backend, Chunk, Ended, Job, Outcome
 from . import children as _children
 from . import deadlines, pipe, shm
 from .children import Sent, Worker
@@ -96,7 +95,7 @@ class ProcessBackend(Backend):
         self._roster = Roster(workers, start_method, max(1, _cpu.cpu_count() // workers),
                               IDLE_TIMEOUT, max_items)
         self._inherited = False
-        self._ending: dict[int, tuple[set[int], list[Ended]]] = {}  # job id -> (pids, answers)
+        self._ended: dict[int, list[Ended]] = {}  # job id -> its teardowns' answers
         _children.track(self)
         self._roster.refill()
         if not self._roster.workers:
@@ -185,9 +184,7 @@ class ProcessBackend(Backend):
             self._unassigned = [c for c in self._unassigned if c.job is not job]
             stuck = self._stopping(job, now + STOP_CHECK)
         if stuck:
-            timer = threading.Timer(CANCEL_GRACE - STOP_CHECK, self._kill_stuck, (job,))
-            timer.name, timer.daemon = "parloop-cancel", True
-            timer.start()
+            deadlines.kill_later(self._lock, self._roster, job, CANCEL_GRACE - STOP_CHECK)
 
     def _stopping(self, job: Job, deadline: float) -> bool:
         """Wait until ``deadline`` for every worker to report the end of its
@@ -210,33 +207,22 @@ class ProcessBackend(Backend):
                 if worker.conn in ready:
                     self._drain(worker)
 
-    def _kill_stuck(self, job: Job) -> None:
-        """(Timer thread.) Kill the workers still on a cancelled item of
-        ``job``; the pool's next use replaces them (no fork from here)."""
-        with self._lock:
-            for worker in self._roster.running(job):
-                worker.process.kill()
-
     def end_states(self, job: Job) -> list[Ended]:
-        """Forget(teardown) to each worker that had ``job``; each answers
-        with Ended once it is through what it holds of other jobs."""
+        """Forget(teardown) to each worker that had ``job``; each answers with
+        Ended once through what it holds of other jobs, or dies (and is gone
+        from the roster, its state with it)."""
         with self._lock:
-            waiting, answers = self._ending[job.id] = (set(), [])
+            self._ended[job.id] = []
             for worker in self._roster.workers:
                 if job.id in worker.jobs:
                     worker.jobs.discard(job.id)
                     if self._send(worker, Forget(job.id, teardown=True)):
-                        waiting.add(worker.pid)
-        try:
-            while True:
-                with self._lock:
-                    waiting.intersection_update(w.pid for w in self._roster.workers)
-                    if not waiting:  # answered, or died (its state died with it)
-                        return answers
-                self.wait(job, STOP_CHECK)  # the poller hands answers to _handle
-        finally:
+                        worker.ending.add(job.id)
+        while True:
             with self._lock:
-                del self._ending[job.id]
+                if not any(job.id in worker.ending for worker in self._roster.workers):
+                    return self._ended.pop(job.id)
+            self.wait(job, STOP_CHECK)  # the poller hands answers to _handle
 
     def end_job(self, job: Job) -> None:
         with self._lock:
@@ -323,10 +309,9 @@ class ProcessBackend(Backend):
         elif kind is Revoked:
             self._given_back(worker, message)
         elif kind is Ended:
-            waiting, answers = self._ending.get(message.job_id, (set(), []))
-            waiting.discard(worker.pid)
-            if message.made:
-                answers.append(message.rebuilt(shm.loads))
+            worker.ending.discard(message.job_id)
+            if message.made and message.job_id in self._ended:
+                self._ended[message.job_id].append(rebuilt(message, shm.loads))
         elif kind is Ready:
             self._roster.started(worker)
         elif kind is Resend:

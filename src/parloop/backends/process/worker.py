@@ -35,7 +35,6 @@ from .._runner import IDLE, PREPARING, report_failure, run_items
 from .._state import set_worker_id
 from .._wire import (
     Cancel,
-    Ended,
     Forget,
     JobMessage,
     Ready,
@@ -49,6 +48,7 @@ from .._wire import (
     end_state,
     unpickle_error,
 )
+from ..base import Ended
 from . import pipe, shm
 
 __all__ = ["CANCEL_GRACE", "IDLE_EXIT", "ItemCancelled", "Runner", "main"]
