@@ -327,3 +327,11 @@ def close_failing(state: dict[str, Any]) -> dict[str, Any]:
     if state["id"] == 1:
         raise OSError("the disk is full")
     return close_noted(state)
+
+
+def whose_id(pause: float) -> int:
+    """The worker_id() of the worker running this item."""
+    from parloop import worker_id
+
+    time.sleep(pause)
+    return worker_id()

@@ -37,6 +37,7 @@ from helpers import (
     sleep_then,
     square,
     state_pid,
+    whose_id,
 )
 
 from parloop import TaskTimeoutError, UnpicklableError, WorkerCrashedError, _scope, parallel_for
@@ -381,6 +382,30 @@ def test_dask_client_and_address_options(engine: Engine) -> None:
     assert _clients(client) == before  # closed with the block
 
 
+@pytest.mark.no_census
+@pytest.mark.timeout(120)
+def test_dask_workers_named_otherwise_than_by_number_get_a_worker_id(engine: Engine) -> None:
+    if engine.name != "dask":
+        pytest.skip("a Dask option")
+    import distributed
+
+    path = os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])
+    spec = {name: {"cls": distributed.Nanny,
+                   "options": {"nthreads": 1, "name": name, "env": {"PYTHONPATH": path}}}
+            for name in ("alpha", "beta")}
+    with distributed.SpecCluster(workers=spec, scheduler={
+            "cls": distributed.Scheduler, "options": {"dashboard_address": ":0"}},
+            silence_logs=logging.ERROR) as cluster, \
+            distributed.Client(cluster, set_as_default=False) as client:
+        fn = parallel_for(whose_id, backend="dask", client=client, chunksize=1)
+        seen = fn([0.05] * 8)
+        assert set(seen) <= {0, 1} and len(seen) == 8
+        names = dict(client.run(lambda dask_worker: dask_worker.name))
+        again = fn([0.05] * 8)
+        assert set(again) <= {0, 1}
+        assert dict(client.run(lambda dask_worker: dask_worker.name)) == names
+
+
 def _clients(client: Any) -> int:
     return len(client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients)))
 
@@ -455,14 +480,14 @@ def test_setup_runs_once_per_worker_process_and_a_failure_is_one_error(
     pids = [int(line.split()[0]) for line in log.read_text().splitlines()]
     assert len(pids) == len(set(pids))  # once per worker process
     ids = {r[2] for r in results}
-    assert ids <= ({0, 1} if engine.name == "dask" else {-1})  # Ray: no index
-    # One item per worker: each task ends on its own. (With 8 items the call's
-    # cancel of the tasks still running once left Ray's 2 CPUs busy for over
-    # 40 s in one CI run; see the closing note of stop 19.)
+    assert ids <= {0, 1}  # Ray: its actors' indices
+    # More items than workers: the call cancels the tasks still queued or
+    # running when the first SetupError arrives. (Before setup= ran on Ray
+    # actors, that cancel once left Ray's 2 CPUs busy for over 40 s.)
     failing = parallel_for(state_pid, setup=functools.partial(failing_setup, str(log)),
                            errors="return", chunksize=1, **engine.options)
     with pytest.raises(SetupError, match=r"failing_setup\(\) raised ValueError"):
-        failing(range(2))
+        failing(range(8))
 
 
 @pytest.mark.timeout(120)

@@ -206,14 +206,17 @@ def worker_id() -> int:
     """The index of the worker running this code: 0 .. workers - 1, the same
     for the life of its slot (a worker replaced after a crash keeps its
     index). 0 in the caller, which runs serial calls (and the items auto
-    measures before it starts a pool). Raises RuntimeError where no index
-    is known (on Ray)."""
+    measures before it starts a pool). A Dask worker's is its name when that
+    is a number, else an index the caller gave it; a Ray call's is its
+    actor's, when it has ``setup=`` (it runs on actors). Raises RuntimeError
+    where no index is known: a Ray task of a call without ``setup=``."""
     found = known_id()
     if found is None:
         from .. import _role
 
         if _role.IN_WORKER:
-            raise RuntimeError("worker_id() is not known on this worker (Ray runs tasks on "
-                               "worker processes it starts as it likes, without an index)")
+            raise RuntimeError("worker_id() is not known on this worker: Ray runs tasks on "
+                               "worker processes it starts as it likes, without an index. "
+                               "Give the call a setup= (it then runs on numbered Ray actors)")
         return 0
     return int(found)

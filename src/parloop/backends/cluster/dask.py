@@ -13,7 +13,7 @@ from typing import Any
 from ..._options import Options
 from ..base import Chunk, Ended, Job, drain
 from .shared import ClusterBackend, _Lost, _ShippedJob
-from .task import Reply, end_state_remote, run_chunk_remote
+from .task import Reply, end_state_remote, run_chunk_remote, take_worker_id
 
 __all__ = ["DaskBackend"]
 
@@ -65,6 +65,7 @@ class DaskBackend(ClusterBackend):
                     scheduler_kwargs={"allowed_failures": 0})
                 client = distributed.Client(self._cluster, set_as_default=False)
         self._client = client
+        self._ids: dict[str, int] = {}  # worker address -> its worker_id()
         self._done: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._closed = False
 
@@ -144,6 +145,30 @@ class DaskBackend(ClusterBackend):
 
     def _slots(self) -> int:
         return sum(self._client.nthreads().values()) or self.workers
+
+    def start_job(self, job: Job) -> None:
+        super().start_job(job)
+        self._number_workers()
+
+    def _number_workers(self) -> None:
+        """Each worker's worker_id(): its name when that is a number
+        (LocalCluster's are), else the lowest index no other worker holds,
+        kept for the worker's life (a worker that replaces a lost one takes
+        the free index). Asked of the scheduler at each call (~1 ms); told to
+        the workers only when they changed."""
+        workers = self._client.scheduler_info()["workers"]
+        if set(workers) == set(self._ids):
+            return
+        names = {address: info.get("name") for address, info in workers.items()}
+        ids = {address: name for address, name in names.items()
+               if isinstance(name, int) and not isinstance(name, bool)}
+        for address in sorted(set(names) - set(ids), key=lambda a: (a not in self._ids, a)):
+            kept = self._ids.get(address)
+            ids[address] = kept if kept is not None and kept not in ids.values() \
+                else min(set(range(len(names) + 1)) - set(ids.values()))
+        self._ids = ids
+        if len(ids) > sum(isinstance(n, int) and not isinstance(n, bool) for n in names.values()):
+            self._client.run(take_worker_id, ids, on_error="ignore")
 
     def _run_everywhere(self, job: Job) -> list[Ended]:
         # Not a task: client.run reaches each worker process once, busy or not.

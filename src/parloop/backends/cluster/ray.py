@@ -1,14 +1,15 @@
 """The Ray backend: each chunk is one Ray task; see ``shared.py`` for the whole
 picture, which the two backends share.
 
-A job with ``teardown=`` runs on Ray actors instead: Ray never sends code to
-a given task's worker process again, but it does to an actor's. The job gets
-an actor per task it runs at once (made as needed, at most one per CPU), and
-each actor takes one task at a time, keeps the state its items made, and at
-the job's end runs the teardown and is killed; ``worker_id()`` there is the
-actor's index. A cancelled actor task stops before its next item (Ray does
-not interrupt a running actor task); one past its timeout has its actor
-killed and replaced.
+A job with ``setup=`` runs on Ray actors instead: Ray never sends code to a
+given task's worker process again, but it does to an actor's, so its states
+can be reached (``teardown=``) and its workers numbered (``worker_id()`` is
+the actor's index). The job gets a crew: an actor per task it runs at once
+(made as needed, at most one per CPU, each taking one task at a time). At
+the job's end the crew stays for the next job with a setup, holding its
+CPUs, unless a job without one needs them: then it is killed. A cancelled
+actor task stops before its next item (Ray does not interrupt a running
+actor task); one past its timeout has its actor killed and replaced.
 
 It runs on the Ray this process already initialised, else connects to
 ``address=``, else starts a local Ray with ``workers`` CPUs. Ray is shut down
@@ -61,7 +62,8 @@ class RayBackend(ClusterBackend):
         # WorkerCrashedError instead of killing three more workers first.
         self._remote = ray.remote(num_cpus=1, max_retries=0)(run_chunk_remote)
         self._holder = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0)(Holder)
-        self._crews: dict[int, _Crew] = {}  # job id -> its actors (teardown=)
+        self._crews: dict[int, _Crew] = {}  # job id -> its actors (setup=)
+        self._idle: _Crew | None = None  # the last job's crew, kept for the next
         self._closed = False
 
     def _ship(self, blob: bytes) -> Any:
@@ -69,9 +71,12 @@ class RayBackend(ClusterBackend):
 
     def _launch(self, state: _ShippedJob, chunk: Chunk, packed: Any) -> Any:
         args = (state.key, state.spec, chunk.start, len(chunk.items), packed)
-        if not chunk.job.tears_down:
+        if chunk.job.setup is None:
             return self._remote.remote(*args)
-        crew = self._crews.setdefault(chunk.job.id, _Crew())
+        crew = self._crews.get(chunk.job.id)
+        if crew is None:
+            crew = self._crews[chunk.job.id] = self._idle or _Crew()
+            self._idle = None
         taken = set(crew.busy.values())
         index = next((i for i in range(len(crew.actors)) if i not in taken), len(crew.actors))
         if index == len(crew.actors):
@@ -101,12 +106,30 @@ class RayBackend(ClusterBackend):
                 answers.append(self._ray.get(ref))
         return answers
 
+    def _held_back(self, job: Job) -> bool:
+        return job.setup is not None or super()._held_back(job)  # an actor runs one at a time
+
+    def start_job(self, job: Job) -> None:
+        super().start_job(job)
+        with self._lock:
+            idle, self._idle = (self._idle, None) if job.setup is None else (None, self._idle)
+        self._kill(idle)  # its CPUs go to this job's tasks
+
     def end_job(self, job: Job) -> None:
         super().end_job(job)
         with self._lock:
             crew = self._crews.pop(job.id, None)
-        for actor in crew.actors if crew is not None else ():
-            self._ray.kill(actor)  # gives its CPU back
+            if crew is not None and self._idle is None and not crew.busy \
+                    and not self._closed:
+                crew, self._idle = None, crew
+        self._kill(crew)
+
+    def _kill(self, crew: _Crew | None) -> None:
+        if crew is None or not self._ray.is_initialized():  # (Ray shut down first at exit)
+            return
+        for actor in crew.actors:
+            with contextlib.suppress(Exception):  # dead already
+                self._ray.kill(actor)  # gives its CPU back
 
     def _finished(self, timeout: float | None) -> list[Any]:
         pending = list(self._tasks)
@@ -159,10 +182,10 @@ class RayBackend(ClusterBackend):
                 return
             self._closed = True
             self._drop_all()
-            crews, self._crews = list(self._crews.values()), {}
+            crews, self._crews = [*self._crews.values(), self._idle], {}
+            self._idle = None
         for crew in crews:
-            for actor in crew.actors:
-                self._ray.kill(actor)
+            self._kill(crew)
         with _users_lock:
             _users -= self._counted
             if self._counted and _users == 0 and _started:
@@ -189,8 +212,8 @@ class _Cancelled:
 
 
 class Holder:
-    """(A Ray actor, see above.) Runs the chunks of one job with
-    ``teardown=`` and keeps its state; ``index`` is its worker_id()."""
+    """(A Ray actor, see above.) Runs the chunks of jobs with ``setup=`` and
+    keeps their states; ``index`` is its worker_id()."""
 
     def __init__(self, index: int) -> None:
         from .._state import set_worker_id

@@ -84,15 +84,6 @@ class _Task:
         return timeout * len(self.chunk.items) + TIMEOUT_GRACE + self.allowance
 
 
-def _held_back(job: Job) -> bool:
-    """Whether the cluster gets no more of ``job``'s tasks than it has free
-    threads: with a timeout (a task sent is then taken to be running), with
-    long items, so that no task of them waits behind another on a busy
-    worker while another worker idles, and with a teardown (Ray's actors
-    then take one task at a time, see ``ray``)."""
-    return job.timeout is not None or (job.item_seconds or 0.0) >= LONG_ITEM or job.tears_down
-
-
 @dataclass(eq=False)
 class _ShippedJob:
     key: str
@@ -155,12 +146,19 @@ class ClusterBackend(Backend):
         may hold a state of it, with their answers."""
         raise NotImplementedError
 
+    def _held_back(self, job: Job) -> bool:
+        """Whether the cluster gets no more of ``job``'s tasks than it has
+        free threads: with a timeout (a task sent is then taken to be
+        running), and with long items, so that no task of them waits behind
+        another on a busy worker while another worker idles."""
+        return job.timeout is not None or (job.item_seconds or 0.0) >= LONG_ITEM
+
     # -- sending ------------------------------------------------------------------------
 
     def submit(self, chunk: Chunk) -> None:
         with self._lock:
             task = _Task(chunk)
-            if _held_back(chunk.job):
+            if self._held_back(chunk.job):
                 self._job_state(chunk.job)  # learns how many threads the cluster has
                 if self._waiting or len(self._tasks) >= (self._slot_count or 1):
                     self._waiting.append(task)
@@ -189,7 +187,7 @@ class ClusterBackend(Backend):
         return handle
 
     def _resend(self, task: _Task) -> None:
-        if _held_back(task.chunk.job) and len(self._tasks) >= (self._slot_count or 1):
+        if self._held_back(task.chunk.job) and len(self._tasks) >= (self._slot_count or 1):
             self._waiting.append(task)  # see submit
             return
         try:
@@ -208,7 +206,7 @@ class ClusterBackend(Backend):
                 raise _pickling.explain_unpicklable(job.fn, job.args, job.kwargs, job.star) \
                     or exc from None
             state = self._jobs[job.id] = _ShippedJob(f"parloop-{uuid.uuid4().hex}-{job.id}", blob)
-            if _held_back(job) and self._slot_count is None:
+            if self._held_back(job) and self._slot_count is None:
                 self._slot_count = max(1, self._slots())
         if state.spec is None:
             state.spec = self._ship(state.blob)

@@ -18,7 +18,7 @@ from .._state import set_worker_id
 from .._wire import Done, SpecCache, dump_value, end_state, unpickle_error
 from ..base import Ended
 
-__all__ = ["Reply", "end_state_remote", "run_chunk_remote"]
+__all__ = ["Reply", "end_state_remote", "run_chunk_remote", "take_worker_id"]
 
 #: what a remote task returns: the worker's name and its reports; None when
 #: the items did not unpickle as one list
@@ -30,15 +30,25 @@ _specs_lock = threading.Lock()  # a Dask worker may run several tasks in threads
 
 def _number_worker() -> None:
     """A Dask worker's worker_id() is its name, when that is a number
-    (LocalCluster numbers its workers 0 .. n-1; ``dask worker --name 3``).
-    Ray gives its worker processes no index."""
+    (LocalCluster numbers its workers 0 .. n-1; ``dask worker --name 3``);
+    other names get an index from the caller (``take_worker_id``). Ray's
+    task processes have none (a call with setup= runs on numbered actors)."""
     try:
         from distributed import get_worker
 
         name = get_worker().name
     except (ImportError, ValueError):  # not a Dask worker
         return
-    set_worker_id(name if isinstance(name, int) and not isinstance(name, bool) else None)
+    if isinstance(name, int) and not isinstance(name, bool):
+        set_worker_id(name)
+
+
+def take_worker_id(ids: dict[str, int], dask_worker: Any = None) -> None:
+    """(On each Dask worker, by client.run, which passes ``dask_worker``.)
+    Its index in ``ids``, by address."""
+    index = ids.get(dask_worker.address) if dask_worker is not None else None
+    if index is not None:
+        set_worker_id(index)
 
 
 def run_chunk_remote(key: str, spec: bytes, start: int, count: int, packed: Any,
