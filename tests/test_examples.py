@@ -35,7 +35,7 @@ def _line(output: str, prefix: str) -> str:
 @pytest.mark.timeout(10)
 def test_every_example_is_tested_here() -> None:
     scripts = {path.name for path in EXAMPLES.glob("*.py")} - ELSEWHERE
-    assert scripts == {"seed.py", "hash_files.py", "numeric.py", "sweep.py"}
+    assert scripts == {"seed.py", "hash_files.py", "numeric.py", "sweep.py", "shards.py"}
 
 
 @pytest.mark.timeout(100)
@@ -98,3 +98,13 @@ def test_sweep_resumes_from_its_checkpoint(method: str, tmp_path: Path) -> None:
     assert _line(first, "best: ") == _line(second, "best: ") == \
         "best: step=1 offset=0 score=2.763614"
     assert "sweep: 64 points, 64 computed" in _run("sweep.py", method)  # its own temporary file
+
+
+@pytest.mark.timeout(100)
+@pytest.mark.parametrize("method", START_METHODS)
+def test_shards_commit_one_file_per_worker(method: str, tmp_path: Path) -> None:
+    output = _run("shards.py", method, str(tmp_path))
+    assert _line(output, "shards: ") == "shards: 44005 rows in 2 files"
+    assert _line(output, "commonest: ") == \
+        "commonest: the 11886, and 4000, cat 4000, dog 4000, fox 3544"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-0.db", "shard-1.db"]

@@ -196,3 +196,14 @@ with parallel_for(workers=2, backend="process") as pool:
     print(sorted(f.result() for f in as_completed(futures)))
 """)
     assert submitted.strip() == "[0, 3, 6, 9]"
+    # A teardown defined in a cell: each worker's state ends, and the cell sees what it gave.
+    ended = notebook.text("""
+def close(state):
+    return worker_id(), state["pid"] == os.getpid()
+
+closing = parallel_for(shifted, setup=load, teardown=close, backend="process", workers=2,
+                       chunksize=1)
+closing(range(6))
+print(sorted(closing.last_plan.teardown_results))
+""")
+    assert ended.strip() in ("[(0, True), (1, True)]", "[(0, True)]", "[(1, True)]")
