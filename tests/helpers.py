@@ -335,3 +335,11 @@ def whose_id(pause: float) -> int:
 
     time.sleep(pause)
     return worker_id()
+
+
+def spin_for(seconds: float, x: int) -> int:
+    """Keeps one CPU busy (holding the GIL) for ``seconds`` of its own CPU time."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+    return x

@@ -6,12 +6,13 @@ out slower. Synthetic costs first (a fake clock), then real runs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
 
 import pytest
-from helpers import FakeClock
+from helpers import FakeClock, spin_for
 
 from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
@@ -129,6 +130,22 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     assert from_history(40, {"process": 0.05}, warm_pool, threads=True) is None
     verdict = from_history(40, {"process": 0.05, "trial": 1.0}, warm_pool, threads=True)
     assert verdict is not None and verdict.serial_more == 0
+    # Items long enough that the first call sent them to a pool without a
+    # thread trial (a head start) go to the pool at once on the next call:
+    # probing one again alone would cost up to its whole time (2 x 1 s ran 2.1 s).
+    verdict = from_history(2, {"serial": 1.0, "process": 1.0}, warm_pool, threads=True)
+    assert verdict is not None and verdict.serial_more == 0
+    assert from_history(2, {"serial": 1.0, "process": 1.0, "trial": 1.9}, warm_pool,
+                        threads=True) is None  # unless threads were seen to win
+
+
+def test_a_second_call_of_a_few_heavy_items_uses_every_core_at_once() -> None:
+    fn = parallel_for(functools.partial(spin_for, 0.3))
+    assert fn(range(2)) == [0, 1]  # the first call: a head start
+    assert fn(range(2)) == [0, 1]
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "process", plan
+    assert plan.reason.startswith("no probe: the workers of an earlier call measured"), plan
 
 
 def test_a_trial_in_which_an_item_raised_says_nothing_for_threads() -> None:

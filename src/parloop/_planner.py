@@ -47,6 +47,9 @@ LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shu
 MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
 THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is held
+#: seconds: items this long go to processes without a thread trial (two of them
+#: would cost more than threads could save; see _headstart), on later calls too
+NO_TRIAL_ITEM = 0.1
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
 
@@ -351,15 +354,16 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
     lighter) costs a few round trips, then the chunk sizer adapts.
     ``threads``: threads are allowed, so only a trial that showed they do
     not pay lets the probe be skipped."""
-    trial = history.get("trial")
-    if threads and (trial is None or trial >= THREADS_GAIN):
-        return None  # threads may win and are not ruled out: the probe finds out
     # Only what workers measured: the caller's own cost says nothing of how an
     # item runs in a worker (BLAS there is capped at one thread), and the
     # probe, which also reads how many CPUs an item keeps busy, is cheap.
     per_item = history.get("process")
     if total is None or per_item is None or per_item < HEAVY_ITEM or total < 2:
         return None
+    trial = history.get("trial")
+    untried = trial is None and per_item >= NO_TRIAL_ITEM  # as the first call did
+    if threads and (trial is not None and trial >= THREADS_GAIN or trial is None and not untried):
+        return None  # threads may win and are not ruled out: the probe finds out
     cost = pool()
     if cost.workers == 1:
         return None
