@@ -18,6 +18,11 @@ from parloop import _scope
 
 faulthandler.enable()
 
+# What earlier runs measured (parloop._memory) would make the planner's
+# decisions depend on the runs before: off for every test and every
+# interpreter a test starts, unless the test turns it on in a folder of its own.
+os.environ["PARLOOP_COST_CACHE"] = "off"
+
 # backend, start method: the process backend runs under every start method.
 BACKENDS = [
     pytest.param(("serial", None), id="serial"),

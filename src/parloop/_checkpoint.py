@@ -12,6 +12,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from . import _identity
 from .errors import CheckpointError, short_repr
 
 if TYPE_CHECKING:
@@ -91,8 +92,8 @@ class Checkpoint:
         try:
             if fn is None:
                 return store.clear()
-            target = _target(fn)
-            return store.clear(_module(target), _qualname(target))
+            target = _identity.target(fn)
+            return store.clear(_identity.module(target), _identity.qualname(target))
         finally:
             store.close()
 
@@ -112,67 +113,10 @@ def _digest(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
-def _target(fn: Callable[..., Any]) -> Any:
-    """The user's function under parloop's decorator, if it is one."""
-    return getattr(fn, "__wrapped__", fn) if hasattr(fn, "_self_state") else fn
-
-
-def _module(fn: Any) -> str:
-    inner = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__func__", fn)
-    return str(getattr(inner, "__module__", None) or type(inner).__module__)
-
-
-def _qualname(fn: Any) -> str:
-    inner = fn.func if isinstance(fn, functools.partial) else getattr(fn, "__func__", fn)
-    return str(getattr(inner, "__qualname__", None) or type(inner).__qualname__)
-
-
-def _constant(value: Any) -> str:
-    """A constant of a code object, spelled the same in every run (a
-    frozenset's repr follows string hashing, which changes per process)."""
-    if isinstance(value, frozenset):
-        return "frozenset(" + ",".join(sorted(map(_constant, value))) + ")"
-    if isinstance(value, tuple):
-        return "(" + ",".join(map(_constant, value)) + ")"
-    return repr(value)
-
-
-def _fingerprint(code: types.CodeType, out: list[bytes]) -> None:
-    """What ``code`` does: its bytecode, names and constants, nested code
-    included; not its line numbers nor its file."""
-    out += [code.co_code, repr((code.co_names, code.co_varnames, code.co_freevars,
-                                code.co_cellvars, code.co_argcount, code.co_kwonlyargcount,
-                                code.co_flags)).encode()]
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            _fingerprint(const, out)
-        else:
-            out.append(_constant(const).encode())
-
-
-def _code_hash(fn: Any) -> str:
-    if isinstance(fn, functools.partial):
-        return _code_hash(fn.func)
-    func = getattr(fn, "__func__", fn)  # a bound method: its function
-    code = getattr(func, "__code__", None)
-    if code is None:  # a callable object: its class's __call__
-        call = getattr(type(func), "__call__", None)  # noqa: B004 (its code, not a test)
-        func = getattr(call, "__func__", call)
-        code = getattr(func, "__code__", None)
-    parts: list[bytes] = []
-    if code is not None:
-        _fingerprint(code, parts)
-        defaults = (getattr(func, "__defaults__", None), getattr(func, "__kwdefaults__", None))
-        parts.append(_constant(defaults).encode())
-    else:  # a builtin: its name is all there is
-        parts.append(f"{_module(fn)}.{_qualname(fn)}".encode())
-    return _digest(b"\0".join(parts)).hex()
-
-
 def identity(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
              ) -> tuple[str, str, str, str]:
     """(module, qualname, code hash, arguments hash) of a call of ``fn``."""
-    target = _target(fn)
+    target = _identity.target(fn)
     bound: list[Any] = []
     if isinstance(target, functools.partial):
         bound += [target.args, sorted(target.keywords.items())]
@@ -188,7 +132,8 @@ def identity(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
             f"checkpoint= needs the call's extra arguments (and a method's instance) to pickle, "
             f"to know whether stored results were made with the same ones: {exc}. Pass them "
             "inside the items instead, or drop checkpoint=.") from exc
-    return _module(target), _qualname(target), _code_hash(target), _digest(arguments).hex()
+    code = _digest(b"\0".join(_identity.code_parts(target))).hex()
+    return _identity.module(target), _identity.qualname(target), code, _digest(arguments).hex()
 
 
 def keyer(key: Callable[[Any], Any] | None) -> Callable[[int, Any], bytes]:

@@ -18,6 +18,8 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from . import _memory
+
 __all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "note_fork_server",
            "recall", "record_startup", "remember", "startup_estimate", "startup_key",
            "transfer_seconds"]
@@ -144,14 +146,25 @@ def _history_key(fn: Any) -> Any:
 
 def remember(fn: Any, per_item: float, side: str = "serial") -> None:
     """Keep the seconds per item a call of ``fn`` measured on ``side`` (the
-    caller: "serial"; else the backend whose workers measured it)."""
+    caller: "serial"; else the backend whose workers measured it), for the
+    next call, and (``_memory``) the next run."""
     with contextlib.suppress(TypeError):  # not weakly referenceable (a builtin): no history
-        _history.setdefault(_history_key(fn), {})[side] = per_item
+        history = _history.setdefault(_history_key(fn), {})
+        history.pop("run", None)  # measured by this run now
+        history[side] = per_item
+        _memory.remember(fn, history)
 
 
 def recall(fn: Any) -> dict[str, float]:
-    """What earlier calls of ``fn`` measured, by side (empty: nothing yet)."""
+    """What earlier calls of ``fn`` measured, by side (empty: nothing yet):
+    this process's, else an earlier run's (then with ``"run": 1.0``)."""
     try:
-        return dict(_history.get(_history_key(fn), {}))
+        found = _history.get(_history_key(fn))
+        if found is None:
+            found = _memory.recall(fn)
+            if found:
+                found["run"] = 1.0
+                _history[_history_key(fn)] = found
+        return dict(found)
     except TypeError:
         return {}

@@ -361,8 +361,10 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
     if total is None or per_item is None or per_item < HEAVY_ITEM or total < 2:
         return None
     trial = history.get("trial")
-    untried = trial is None and per_item >= NO_TRIAL_ITEM  # as the first call did
-    if threads and (trial is not None and trial >= THREADS_GAIN or trial is None and not untried):
+    # Threads are ruled out by a trial, or for items long enough that the
+    # first call sent them to a pool without one (as a head start does).
+    ruled_out = per_item >= NO_TRIAL_ITEM if trial is None else trial < THREADS_GAIN
+    if threads and not ruled_out:
         return None  # threads may win and are not ruled out: the probe finds out
     cost = pool()
     if cost.workers == 1:
@@ -371,9 +373,10 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
     serial, parallel = projections(total, serial_cost, 0.0, cost, per_item)
     if serial <= CLEAR_WIN * parallel:
         return None
+    earlier = "run (remembered in the cost cache)" if history.get("run") else "call"
     return Verdict(0, lambda: (
-        f"no probe: the workers of an earlier call measured ~{format_seconds(per_item)} per item; "
-        f"{total} items: serial ≈ {format_seconds(serial)}, {cost.workers} workers ≈ "
+        f"no probe: the workers of an earlier {earlier} measured ~{format_seconds(per_item)} per "
+        f"item; {total} items: serial ≈ {format_seconds(serial)}, {cost.workers} workers ≈ "
         f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
 
 
