@@ -86,6 +86,10 @@ def run_child(spec: dict[str, Any], run_limit: float, into: Measurement) -> None
     # PYTHONDONTWRITEBYTECODE) parloop, installed from source, would compile
     # its modules on every import while the peers' caches came with them.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    # A first run of parloop knows nothing of earlier runs: each child gets an
+    # empty cost cache of its own, unless the spec gives one (a rerun).
+    fresh = tempfile.TemporaryDirectory(prefix="parloop-costs-")
+    env["PARLOOP_COST_CACHE"] = fresh.name
     env.update(spec.get("env", {}))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     born = time.monotonic()
@@ -126,3 +130,4 @@ def run_child(spec: dict[str, Any], run_limit: float, into: Measurement) -> None
             into.lifetimes.append(time.monotonic() - born)
             if finished is not None:
                 into.lingered.append(time.monotonic() - finished)
+            fresh.cleanup()
