@@ -24,8 +24,8 @@ from collections import Counter
 
 from parloop import parallel_for, worker_id
 
-TEXT = ("the quick brown fox jumps over the lazy dog while the cat sleeps and the dog "
-        "dreams of the fox and the cat ").split()
+TEXT = ["the", "quick", "brown", "fox", "jumps", "over", "the", "lazy", "dog", "while", "the",
+        "cat", "sleeps", "and", "the", "dog", "dreams", "of", "the", "fox", "and", "the", "cat"]
 
 
 def open_shard(folder: str) -> sqlite3.Connection:

@@ -343,3 +343,16 @@ def spin_for(seconds: float, x: int) -> int:
     while time.thread_time() < end:
         pass
     return x
+
+
+def run_script(path: Any, text: str, *args: str, timeout: float = 100) -> str:
+    """Write ``text`` to ``path``, run it as a script with ``args`` (its
+    functions are then of ``__main__``); its output, once it succeeded."""
+    import subprocess
+    import sys
+
+    path.write_text(text)
+    done = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

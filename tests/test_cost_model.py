@@ -214,3 +214,30 @@ def test_moving_a_small_item_is_not_charged_a_whole_pickle_call() -> None:
     assert moved < one_call
     big = min(transfer_seconds(bytes(10**5))[0] for _ in range(3))
     assert big >= 10**5 / PIPE_BYTES_PER_SECOND  # bytes are still charged in full
+
+
+def test_a_pool_measured_beside_a_busy_caller_is_remembered_at_its_own_speed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from parloop import _cpu
+    from parloop._stats import RunStats
+    from parloop.backends.base import Outcome
+
+    monkeypatch.setattr(_cpu, "cpu_count", lambda: 2)
+
+    def measured(busy: float, cpu: float, beside: bool) -> float:
+        stats = RunStats()
+        stats.beside = beside
+        outcome = Outcome(1, 0, [None] * 10, busy=busy, worker="pid 1")
+        outcome.cpu = cpu
+        stats.account(outcome)
+        return stats.uncontended(busy / 10, workers=2)
+
+    # 2 workers and the caller on 2 CPUs: items waited a third of the time for one.
+    assert measured(0.9, 0.6, beside=True) == pytest.approx(0.06)
+    # Never credited more than the caller's share could have cost them (a
+    # worker that mostly waited on I/O is not taken for a contended one).
+    assert measured(0.9, 0.09, beside=True) == pytest.approx(0.09 * 2 / 3)
+    # Alone, what the workers measured stands: the wait was not the caller's doing.
+    assert measured(0.9, 0.6, beside=False) == pytest.approx(0.09)
+    # A worker that did not say its CPU time (0): as measured.
+    assert measured(0.9, 0.0, beside=True) == pytest.approx(0.09)

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import die_once, failing_setup, note_setup, square, with_state
+from helpers import die_once, failing_setup, note_setup, run_script, square, with_state
 
 from parloop import SetupError, parallel_for, worker_id
 
@@ -135,11 +133,6 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_a_scripts_own_setup_and_function_run_under_every_start_method(
         tmp_path: Path, method: str) -> None:
-    script = tmp_path / "predict.py"
-    script.write_text(SCRIPT)  # no __main__ guard, functions of __main__
-    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True,
-                          timeout=100)
-    assert done.returncode == 0, done.stderr
-    results = eval(done.stdout)
+    results = eval(run_script(tmp_path / "predict.py", SCRIPT, method))  # no __main__ guard
     assert [value for value, _ in results] == [6 * x for x in range(10)]
     assert {ident for _, ident in results} <= {0, 1}

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
-import sys
 import textwrap
 import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import close_failing, close_noted, counted, die_once, note_setup, square
+from helpers import close_failing, close_noted, counted, die_once, note_setup, run_script, square
 
 from parloop import SetupError, parallel_for
 
@@ -186,11 +184,6 @@ SCRIPT = textwrap.dedent("""
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_a_scripts_own_teardown_runs_under_every_start_method(tmp_path: Path,
                                                               method: str) -> None:
-    script = tmp_path / "commit.py"
-    script.write_text(SCRIPT)  # no __main__ guard, functions of __main__
-    done = subprocess.run([sys.executable, str(script), method], capture_output=True, text=True,
-                          timeout=100)
-    assert done.returncode == 0, done.stderr
-    ended = eval(done.stdout)
+    ended = eval(run_script(tmp_path / "commit.py", SCRIPT, method))  # no __main__ guard
     assert sorted(x for _, rows in ended for x in rows) == list(range(10))
     assert [ident for ident, _ in ended] == sorted({ident for ident, _ in ended})

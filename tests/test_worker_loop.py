@@ -50,6 +50,12 @@ class CountingTime:
         self.reads += 1
         return time.monotonic()
 
+    def process_time(self) -> float:  # read per report, not per item: not counted
+        return time.process_time()
+
+    def thread_time(self) -> float:
+        return time.thread_time()
+
 
 def run_chunk(fn: Any, items: list[Any], timed: bool = False, flush_every: float = 60.0,
               wire: Wire | None = None) -> tuple[list[Any], Any]:
@@ -173,3 +179,28 @@ def test_the_status_names_the_running_item(timed: bool, monkeypatch: pytest.Monk
     else:  # the chunk's start, written once
         assert len(set(phases)) == 1
     assert list(status) == [_runner.IDLE, -1.0, 0.0]  # idle once the chunk is reported
+
+
+def test_a_report_says_the_cpu_time_beside_the_busy_time() -> None:
+    def spin(x: int) -> int:
+        end = time.thread_time() + 0.02
+        while time.thread_time() < end:
+            pass
+        return x
+
+    def sleep(x: int) -> int:
+        time.sleep(0.02)
+        return x
+
+    for fn, busy_cpu in ((spin, True), (sleep, False)):
+        reports: list[Done] = []
+        spec = JobSpec(fn, (), {}, False, True, 10.0, False)
+        _runner.run_items(1, spec, 0, [1, 2, 3], None, report=reports.append,
+                          status=[0.0, 0.0, 0.0], cancelled=(), load=dump_value,
+                          pack=dump_value, per_thread=True)
+        done = reports[-1]
+        assert done.busy >= 0.06
+        if busy_cpu:
+            assert done.cpu >= 0.055  # it kept a CPU busy
+        else:
+            assert done.cpu < 0.03  # it waited

@@ -208,6 +208,7 @@ class _Call:
             if plan.backend == "process" and not self.loop.head_started \
                     and self.job.setup is None:
                 flow.prove(_run_here(self.job.caller()))
+                self.stats.beside = True
         broken = False
         try:
             yield from flow.run()
@@ -293,6 +294,7 @@ class _Call:
         and the pool has taken the next items."""
         head, plan, loop = self.head, self.plan, self.loop
         assert head is not None and head.fired_at is not None
+        self.stats.beside = True
         first, after, sent, here = loop.first_seconds, head.fired_at, len(head.sent), \
             self.source.index - len(head.sent)
         plan.backend, plan.per_item = "process", loop.per_item

@@ -380,19 +380,9 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
         f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
 
 
-def _in_daemon_process() -> bool:
-    """Inside a daemonic multiprocessing child (which may not start children).
-    Read without importing multiprocessing, and safe while another thread is
-    still importing it: then this is the main process, not a child."""
-    module = sys.modules.get("multiprocessing.process")
-    current = getattr(module, "_current_process", None)
-    config = getattr(current, "_config", None)
-    return isinstance(config, dict) and bool(config.get("daemon"))
-
-
 def static_choice(options: Options, total: int | None) -> tuple[str, str]:
     """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    if _role.IN_WORKER or _in_daemon_process():
+    if _role.IN_WORKER or _role.in_daemon_process():
         return "serial", "already inside a worker process: a pool never starts a pool"
     if options.backend != "auto":
         return options.backend, f"backend={options.backend!r} was asked for"

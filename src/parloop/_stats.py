@@ -25,6 +25,11 @@ class RunStats:
         self.per_item: float | None = None  # as the pool's workers measured it
         self.caller_per_item: float | None = None  # as the caller's probe measured it
         self.probed = False  # caller_per_item was measured in this call (not recalled)
+        #: the caller ran items while the pool's workers did (a head start, a
+        #: proving flow): with as many workers as CPUs, they waited for a CPU
+        self.beside = False
+        self.worker_busy = 0.0  # of outcomes that say their CPU time:
+        self.worker_cpu = 0.0  # ... their seconds, and their CPU seconds
 
     def note_item(self, seconds: float, index: int) -> None:
         if len(self._slowest) < SLOWEST:
@@ -38,6 +43,22 @@ class RunStats:
         if outcome.worker:
             seconds = self.worker_seconds
             seconds[outcome.worker] = seconds.get(outcome.worker, 0.0) + outcome.busy
+        if outcome.cpu > 0:
+            self.worker_busy += outcome.busy
+            self.worker_cpu += outcome.cpu
+
+    def uncontended(self, per_item: float, workers: int) -> float:
+        """The workers' seconds per item, less the time they waited for a CPU
+        while the caller ran items beside them: their CPU time, when that is
+        less, but never less than the caller's share could have cost them.
+        Remembered that way, a measurement made beside the caller does not
+        make the pool look slower to the next call (or run) than it is."""
+        if not self.beside or self.worker_busy <= 0 or self.worker_cpu <= 0:
+            return per_item
+        from ._cpu import cpu_count
+
+        floor = min(1.0, cpu_count() / (workers + 1))
+        return per_item * max(floor, min(1.0, self.worker_cpu / self.worker_busy))
 
     def finish(self, plan: Plan, items: int, fn: Any) -> None:
         """Fill in what happened, and remember ``fn``'s cost per item."""
@@ -54,7 +75,7 @@ class RunStats:
         else:
             if self.per_item is not None:
                 plan.per_item = self.per_item
-                _costs.remember(fn, self.per_item, plan.backend)
+                _costs.remember(fn, self.uncontended(self.per_item, plan.workers), plan.backend)
             if self.caller_per_item is not None:
                 _costs.remember(fn, self.caller_per_item, "serial")
                 if self.per_item is not None and plan.backend == "process" and self.probed:

@@ -21,7 +21,8 @@ worker -> caller::
     Resend(job_id, start)                the chunk did not unpickle as a whole
     Revoked(job_id, start, given_back)   the answer to Revoke
     Done(job_id, start, values, errors,  results of consecutive items (a chunk
-         busy, final, slowest, wrapped)  reports in parts every 50 ms)
+         busy, final, slowest, wrapped,  reports in parts every 50 ms), with the
+         cpu)                            seconds they took and the CPU time spent
     Ended(job_id, worker, made, value,   what teardown(state) returned (value,
           error)                         pickled) or raised (error, Captured)
 
@@ -170,6 +171,7 @@ class Done(NamedTuple):
     final: bool  # the chunk is fully reported
     slowest: tuple[float, int]  # (seconds, index) of its slowest item timed on its own
     wrapped: bool  # some values are Pickled: the caller unwraps each
+    cpu: float = 0.0  # CPU seconds the worker spent meanwhile (see _runner)
 
 
 class Pickled:
@@ -334,7 +336,7 @@ def decode(chunk: Chunk, done: Done, worker: str, load: Callable[[Any], Any] = p
         for offset, info in done.errors.items()}
     if not done.wrapped:  # all small plain results: the list as it came
         outcome = Outcome(chunk.job.id, start, done.values, failed, done.busy, worker)
-        outcome.slowest = done.slowest
+        outcome.slowest, outcome.cpu = done.slowest, done.cpu
         return outcome
     values: list[Any] = []
     for offset, blob in enumerate(done.values):
@@ -351,7 +353,7 @@ def decode(chunk: Chunk, done: Done, worker: str, load: Callable[[Any], Any] = p
             error.__cause__ = exc
             failed[start + offset] = error
     outcome = Outcome(chunk.job.id, start, values, failed, done.busy, worker)
-    outcome.slowest = done.slowest
+    outcome.slowest, outcome.cpu = done.slowest, done.cpu
     return outcome
 
 

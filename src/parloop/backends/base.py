@@ -174,7 +174,8 @@ class Outcome:
     worker spent computing these items, used to size later chunks.
     """
 
-    __slots__ = ("busy", "errors", "job_id", "missing", "slowest", "start", "values", "worker")
+    __slots__ = ("busy", "cpu", "errors", "job_id", "missing", "slowest", "start", "values",
+                 "worker")
 
     def __init__(self, job_id: int, start: int, values: list[Any],
                  errors: dict[int, BaseException] | None = None, busy: float = 0.0,
@@ -186,6 +187,7 @@ class Outcome:
         self.busy = busy
         self.worker = worker
         self.slowest = slowest  # (seconds, index) of the slowest item here
+        self.cpu = 0.0  # CPU seconds the worker spent meanwhile (0: not known)
         self.missing = 0  # the engine's count of slots still waiting for a retry
 
 
