@@ -165,10 +165,10 @@ def _thread_states(keep: bool) -> dict[str, Any]:
 
 #: what ``end_here`` says: whether a state was made here, and what its
 #: teardown returned or raised
-Ended = tuple[bool, Any, "BaseException | None"]
+Ending = tuple[bool, Any, "BaseException | None"]
 
 
-def end_here(setup: Setup, per_thread: bool) -> Ended:
+def end_here(setup: Setup, per_thread: bool) -> Ending:
     """End this worker's (``per_thread``: this thread's) state of ``setup``:
     run ``setup.teardown`` on it and drop it. A setup that failed, or that
     never ran here, made no state to end."""

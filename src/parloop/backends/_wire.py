@@ -47,7 +47,6 @@ __all__ = [
     "Cancel",
     "Captured",
     "Done",
-    "Ended",
     "Forget",
     "JobMessage",
     "JobSpec",
@@ -110,7 +109,6 @@ class Cancel(NamedTuple):
 class Forget(NamedTuple):
     job_id: int
     teardown: bool = False  # end the job's setup state here, answering with Ended
-
 
 
 

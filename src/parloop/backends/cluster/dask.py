@@ -162,12 +162,13 @@ class DaskBackend(ClusterBackend):
         names = {address: info.get("name") for address, info in workers.items()}
         ids = {address: name for address, name in names.items()
                if isinstance(name, int) and not isinstance(name, bool)}
-        for address in sorted(set(names) - set(ids), key=lambda a: (a not in self._ids, a)):
+        unnamed = sorted(set(names) - set(ids), key=lambda a: (a not in self._ids, a))
+        for address in unnamed:
             kept = self._ids.get(address)
             ids[address] = kept if kept is not None and kept not in ids.values() \
                 else min(set(range(len(names) + 1)) - set(ids.values()))
         self._ids = ids
-        if len(ids) > sum(isinstance(n, int) and not isinstance(n, bool) for n in names.values()):
+        if unnamed:  # the numbered ones know their index already
             self._client.run(take_worker_id, ids, on_error="ignore")
 
     def _run_everywhere(self, job: Job) -> list[Ended]:
