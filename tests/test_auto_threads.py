@@ -16,7 +16,8 @@ from helpers import FakeClock, spin_for
 
 from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
-from parloop._planner import MARGIN, PoolCost, Probe, from_history
+from parloop._known import from_history
+from parloop._planner import MARGIN, PoolCost, Probe
 from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, thread_count
 
 # -- synthetic -------------------------------------------------------------------------------
@@ -124,8 +125,8 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     # Heavy work the workers ran as fast as the caller skips the probe.
     verdict = from_history(40, {"serial": 0.05, "process": 0.05}, warm_pool)
     assert verdict is not None and verdict.serial_more == 0
-    # A function that ran faster in threads is probed again, and so is one
-    # never tried on threads, when threads are allowed.
+    # A function whose trial showed threads win, but whose cost in the caller
+    # is not known, is probed again, and so is one never tried on threads.
     assert from_history(40, {"process": 0.05, "trial": 1.9}, warm_pool, threads=True) is None
     assert from_history(40, {"process": 0.05}, warm_pool, threads=True) is None
     verdict = from_history(40, {"process": 0.05, "trial": 1.0}, warm_pool, threads=True)
@@ -135,8 +136,42 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     # probing one again alone would cost up to its whole time (2 x 1 s ran 2.1 s).
     verdict = from_history(2, {"serial": 1.0, "process": 1.0}, warm_pool, threads=True)
     assert verdict is not None and verdict.serial_more == 0
-    assert from_history(2, {"serial": 1.0, "process": 1.0, "trial": 1.9}, warm_pool,
-                        threads=True) is None  # unless threads were seen to win
+    # Unless threads were seen to win: then they run at once (below).
+    verdict = from_history(2, {"serial": 1.0, "process": 1.0, "trial": 1.9}, warm_pool,
+                           threads=True)
+    assert verdict is not None and verdict.backend == "thread"
+
+
+def test_a_kept_trial_sends_the_next_call_to_threads_without_a_probe() -> None:
+    # sha256 of 1 MB: 1.3 ms in the caller, 1.8x on two threads.
+    history = {"serial": 1.3e-3, "trial": 1.8, "share": 1.0}
+    verdict = from_history(64, history, warm_pool, threads=True)
+    assert verdict is not None and verdict.serial_more == 0
+    assert verdict.backend == "thread" and verdict.workers == 2
+    assert "no probe" in str(verdict.reason) and "2 threads" in str(verdict.reason)
+    # Items that mostly wait get a thread each, up to MAX_THREADS.
+    verdict = from_history(64, {**history, "share": 0.01}, warm_pool, threads=True)
+    assert verdict is not None and verdict.workers == MAX_THREADS
+    # Not when threads are not allowed (thread_safe=False), nor for a gain
+    # too small to be clear, nor for a call too small for any pool: probe.
+    assert from_history(64, history, warm_pool) is None
+    assert from_history(64, {**history, "trial": 1.25}, warm_pool, threads=True) is None
+    assert from_history(4, {**history, "serial": 20e-6}, warm_pool, threads=True) is None
+    # Nor when the workers measured a process pool well ahead of threads.
+    slow_threads = {"serial": 10e-3, "trial": 1.9, "process": 3e-3}
+    assert from_history(64, slow_threads, warm_pool, threads=True) is None
+
+
+@pytest.mark.timeout(60)
+def test_a_second_call_of_a_function_that_releases_the_gil_skips_the_probe() -> None:
+    fn = parallel_for(_nap)
+    fn([0.01] * 40)
+    first = fn.last_plan
+    assert first is not None and first.backend == "thread", first.reason
+    assert fn([0.01] * 40) == [0.01] * 40
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "thread", plan.reason
+    assert "no probe" in plan.reason and plan.workers > (os.cpu_count() or 1), plan.reason
 
 
 def test_a_second_call_of_a_few_heavy_items_uses_every_core_at_once() -> None:

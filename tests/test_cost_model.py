@@ -11,6 +11,7 @@ from helpers import FakeClock
 
 from parloop import parallel_for
 from parloop._costs import PIPE_BYTES_PER_SECOND, pickle_round_trip, transfer_seconds
+from parloop._known import from_history
 from parloop._planner import (
     CHUNK_SECONDS,
     HEAVY_ITEM,
@@ -21,7 +22,6 @@ from parloop._planner import (
     ChunkSizer,
     PoolCost,
     Probe,
-    from_history,
     projections,
 )
 

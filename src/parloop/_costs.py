@@ -20,7 +20,8 @@ from typing import Any
 
 from . import _memory
 
-__all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "note_fork_server",
+__all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "least_transfer",
+           "note_fork_server",
            "recall", "record_startup", "remember", "startup_estimate", "startup_key",
            "transfer_seconds"]
 
@@ -32,6 +33,8 @@ SHARED_MEMORY = sys.platform.startswith("linux") and hasattr(os, "memfd_create")
 #: bytes: the pipe is faster below this, shared memory above (measured round trips)
 SHARED_THRESHOLD = 256 << 10
 PIPE_BYTES_PER_SECOND = 0.25e9  # caller -> worker -> caller, copies included
+#: seconds of a pickle round trip long enough that one reading will do
+ONE_READING = 50e-6
 SHARED_BYTES_PER_SECOND = 1.3e9
 SHARED_SECONDS_PER_BUFFER = 0.0004  # a memfd's fixed cost, both ways
 #: What a pooled item costs beyond pickling its data: the worker's loop and
@@ -104,6 +107,18 @@ def transfer_seconds(value: Any) -> tuple[float, int]:
     elapsed += (sum(sizes) - sum(shared)) / PIPE_BYTES_PER_SECOND
     elapsed += sum(shared) / SHARED_BYTES_PER_SECOND + SHARED_SECONDS_PER_BUFFER * len(shared)
     return elapsed, sum(sizes)
+
+
+def least_transfer(value: Any) -> tuple[float, int]:
+    """``transfer_seconds`` of ``value``: the least of three readings for a
+    value quick to pickle (a round trip of a small value is a few hundred ns,
+    and a single reading is often double), of two for a slow one (the first
+    pays for fresh memory, ~1.5x; three round trips of a 1 MB bytes item
+    took ~3 ms of a first call's probe)."""
+    readings = [transfer_seconds(value), transfer_seconds(value)]
+    if readings[1][0] < ONE_READING:
+        readings.append(transfer_seconds(value))
+    return min(readings)
 
 
 def pickle_round_trip(value: Any) -> tuple[float, list[int]]:

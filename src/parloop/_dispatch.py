@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _costs, _planner, _scope
+from . import _costs, _known, _planner, _scope
 from ._flow import Flow
 from ._headstart import HeadStart, arrange
 from ._input import Input
@@ -171,7 +171,7 @@ class _Call:
 
     def execute(self) -> Iterator[list[Any]]:
         plan = self.plan
-        plan.backend, plan.reason = _planner.static_choice(self.options, self.source.total)
+        plan.backend, plan.reason = _known.static_choice(self.options, self.source.total)
         if plan.backend == "auto":
             try:
                 yield from self._auto()
@@ -241,7 +241,7 @@ class _Call:
         choose serial, threads or processes."""
         plan = self.plan
         history = self.history = _costs.recall(self.job.fn)
-        verdict = _planner.from_history(self.source.total, history, self._pool_cost,
+        verdict = _known.from_history(self.source.total, history, self._pool_cost,
                                         self.options.thread_safe)
         self.stats.caller_per_item = history.get("serial")
         if verdict is None:
@@ -261,6 +261,7 @@ class _Call:
             self.stats.caller_per_item, self.stats.probed = verdict.per_item, True
             if self.loop.trial_speedup is not None and self.loop.trial_sure:
                 _costs.remember(self.job.fn, self.loop.trial_speedup, "trial")
+                _costs.remember(self.job.fn, self.loop.cpu_share, "share")
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
         if verdict.serial_more is None:
             return

@@ -32,13 +32,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import _costs, _cpu, _role, _threads
+from . import _costs, _cpu, _threads
 from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
 from ._options import Options
 from ._plan import Reason, format_seconds
 
 __all__ = ["CHUNK_SECONDS", "MIN_CHUNK_SECONDS", "ChunkSizer", "PoolCost", "Probe", "Verdict",
-           "from_history", "pool_cost", "projections", "static_choice"]
+           "pool_cost", "projections"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
@@ -144,10 +144,8 @@ class Probe:
                 item, result = self._first
                 self._first = None
                 try:
-                    # The least of three: one round trip of a small value is
-                    # a few hundred ns, and a single reading is often double.
-                    seconds_in, size_in = min(_costs.transfer_seconds(item) for _ in range(3))
-                    seconds_out, size_out = min(_costs.transfer_seconds(result) for _ in range(3))
+                    seconds_in, size_in = _costs.least_transfer(item)
+                    seconds_out, size_out = _costs.least_transfer(result)
                     self._transfer = (seconds_in + seconds_out + _costs.ITEM_OVERHEAD,
                                       size_in + size_out)
                 except Exception as exc:
@@ -197,8 +195,15 @@ class Probe:
         if cost < _threads.TRIAL_MIN_ITEM or self._too_small(remaining, cost) \
                 or self.pool.workers < 2:
             return 0
-        size = 2 * max(1, math.ceil(_threads.TRIAL_SECONDS / cost))
-        return size if 2 * size <= remaining else 0
+        # Long enough to be kept for later calls (TRIAL_KEPT per thread) when
+        # the rest is big enough, else a short one that decides this call:
+        # a trial's items are not lost time when threads win, as they run
+        # two at once, and a kept one spares every later call its probe.
+        for seconds in (_threads.TRIAL_KEPT, _threads.TRIAL_SECONDS):
+            size = 2 * max(1, math.ceil(seconds / cost))
+            if 2 * size <= remaining:
+                return size
+        return 0
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
@@ -341,55 +346,3 @@ def projections(remaining: int, cost: float, transfer: float, pool: PoolCost,
     rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
     busy = max(rounds * ((worker_cost or cost) + transfer / 2), remaining * transfer / 2)
     return serial, pool.startup + LATENCY + busy
-
-
-def from_history(total: int | None, history: dict[str, float], pool: Callable[[], PoolCost],
-                 threads: bool = False) -> Verdict | None:
-    """Skip the probe when the function's previous calls measured items heavy
-    enough that a process pool clearly wins for this many: every core works
-    from the first item. ``history``: seconds per item by the side that
-    measured them (``_costs.recall``); the pool is projected from what its
-    workers measured, when they did. None: probe as usual (always, for a
-    function that ran faster in threads). A wrong guess (the items got
-    lighter) costs a few round trips, then the chunk sizer adapts.
-    ``threads``: threads are allowed, so only a trial that showed they do
-    not pay lets the probe be skipped."""
-    # Only what workers measured: the caller's own cost says nothing of how an
-    # item runs in a worker (BLAS there is capped at one thread), and the
-    # probe, which also reads how many CPUs an item keeps busy, is cheap.
-    per_item = history.get("process")
-    if total is None or per_item is None or per_item < HEAVY_ITEM or total < 2:
-        return None
-    trial = history.get("trial")
-    # Threads are ruled out by a trial, or for items long enough that the
-    # first call sent them to a pool without one (as a head start does).
-    ruled_out = per_item >= NO_TRIAL_ITEM if trial is None else trial < THREADS_GAIN
-    if threads and not ruled_out:
-        return None  # threads may win and are not ruled out: the probe finds out
-    cost = pool()
-    if cost.workers == 1:
-        return None
-    serial_cost = history.get("serial", per_item)
-    serial, parallel = projections(total, serial_cost, 0.0, cost, per_item)
-    if serial <= CLEAR_WIN * parallel:
-        return None
-    earlier = "run (remembered in the cost cache)" if history.get("run") else "call"
-    return Verdict(0, lambda: (
-        f"no probe: the workers of an earlier {earlier} measured ~{format_seconds(per_item)} per "
-        f"item; {total} items: serial ≈ {format_seconds(serial)}, {cost.workers} workers ≈ "
-        f"{format_seconds(parallel)} (pool start ~{format_seconds(cost.startup)})"), per_item)
-
-
-def static_choice(options: Options, total: int | None) -> tuple[str, str]:
-    """Decisions that need no measurement: ``("auto", "")`` when there are none."""
-    if _role.IN_WORKER or _role.in_daemon_process():
-        return "serial", "already inside a worker process: a pool never starts a pool"
-    if options.backend != "auto":
-        return options.backend, f"backend={options.backend!r} was asked for"
-    if options.timeout is not None:
-        return "process", f"timeout={options.timeout:g} s: only a worker process can be stopped"
-    if total is not None and total <= 1:
-        return "serial", f"{total} item{'s' * (total != 1)}: nothing to share out"
-    if options.workers == 1:
-        return "serial", "1 worker (workers=1 was asked for)"
-    return "auto", ""

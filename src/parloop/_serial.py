@@ -45,6 +45,7 @@ class SerialLoop:
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
+        self.cpu_share = 1.0  # ... and the CPU share of the probe's median item then
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
@@ -147,6 +148,7 @@ class SerialLoop:
         # a millisecond on each thread are too few to be sure for later calls.
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.wall >= TRIAL_SURE
+        self.cpu_share = probe.cpu_share()
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:

@@ -33,11 +33,15 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial",
+__all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS",
+           "TRIAL_SURE", "Trial",
            "gil_enabled", "projected_speedup", "run_trial", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
+#: each thread of a trial meant to be kept runs at least this much work: its
+#: wall time then passes TRIAL_SURE at any speedup up to 2.4 (two threads)
+TRIAL_KEPT = 0.006
 MAX_THREADS = 32  # as concurrent.futures.ThreadPoolExecutor caps its default
 WAITING = 0.5  # an item using less than this share of a CPU mostly waits
 THREAD_START = 100e-6  # seconds to start one pool thread (measured: ~60-90 µs here)
