@@ -81,9 +81,10 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
 def _on_threads(total: int, history: dict[str, float], trial: float,
                 pool: Callable[[], PoolCost]) -> Verdict | None:
     """Threads, without a probe, when an earlier call's kept trial showed
-    the function releases the GIL and threads clearly beat serial and are
-    within MARGIN of a process pool (projected with no transfer cost, in its
-    favour), by the same rule as the probe's. Else None: probe."""
+    the function releases the GIL, and threads beat serial and are within
+    MARGIN of a process pool (projected with no transfer cost, in its
+    favour): the probe's own rule. Else None: probe. (Not CLEAR_WIN, as for
+    a pool: a thread pool wrongly chosen costs ~0.1 ms, not a pool's start.)"""
     serial_cost = history.get("serial")
     if serial_cost is None or serial_cost < _threads.TRIAL_MIN_ITEM:
         return None
@@ -96,7 +97,7 @@ def _on_threads(total: int, history: dict[str, float], trial: float,
         + total * (serial_cost + _threads.ITEM_OVERHEAD) / gain
     serial, parallel = projections(total, serial_cost, 0.0, cost,
                                    history.get("process", serial_cost))
-    if serial <= CLEAR_WIN * threaded or threaded > parallel * MARGIN:
+    if serial <= MARGIN * threaded or threaded > parallel * MARGIN:
         return None
     return Verdict(0, lambda: (
         f"no probe: an earlier {_earlier(history)} measured ~{format_seconds(serial_cost)} per "
