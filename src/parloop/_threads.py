@@ -52,6 +52,9 @@ ITEM_OVERHEAD = 0.3e-6
 #: too short to release the GIL for long, and a thread pool's own cost per
 #: item would eat what threads could gain
 TRIAL_MIN_ITEM = 10e-6
+#: items that must finish while both threads of a trial are past their
+#: first for that part alone to decide (each end of it may count one off)
+STEADY_ITEMS = 8
 
 
 def gil_enabled() -> bool:
@@ -115,28 +118,29 @@ class Trial:
         return speedup
 
     def steady(self) -> tuple[float, float] | None:
-        """(Items per second, CPUs busy) of both threads together, counted
-        from the moment both had finished their first item to the moment the
-        first of them ran out; None when that leaves either thread without
-        a whole item. A thread's first item can pay for a warm-up that has
-        nothing to do with threads: a NumPy product ran 2.8 ms instead of
+        """(Items per second, CPUs busy) of both threads together, over the
+        window from the moment both had finished their first item to the
+        moment the first of them ran out; None when fewer than STEADY_ITEMS
+        finished inside it. A thread's first item can pay for a warm-up that
+        has nothing to do with threads: a NumPy product ran 2.8 ms instead of
         0.7 ms as OpenBLAS faulted in the new thread's buffers, and slowed
         the other thread's item to 7 ms meanwhile (page faults hold the
-        process's memory map), which made a 1.9x gain read 0.89x."""
-        if len(self.marks) != 2 or min(len(m) for m in self.marks) < 3:
+        process's memory map), which made a 1.9x gain read 0.89x. Both
+        threads are counted over the same window: code that holds the GIL
+        runs in turns, and each thread's own bursts would look parallel."""
+        if len(self.marks) != 2 or min(len(m) for m in self.marks) < 2:
             return None
         begin = max(marks[1][0] for marks in self.marks)
         end = min(marks[-1][0] for marks in self.marks)
-        rate = share = 0.0
+        done, cpu = 0, 0.0
         for marks in self.marks:
-            inside = [mark for mark in marks if begin <= mark[0] <= end]
-            if len(inside) < 2:
-                return None
-            (first, cpu_first), (last, cpu_last) = inside[0], inside[-1]
-            span = max(last - first, 1e-9)
-            rate += (len(inside) - 1) / span
-            share += (cpu_last - cpu_first) / span
-        return rate, share
+            before = [mark for mark in marks if mark[0] <= begin][-1]
+            inside = [mark for mark in marks if begin < mark[0] <= end]
+            done += len(inside)
+            cpu += inside[-1][1] - before[1] if inside else 0.0
+        if done < STEADY_ITEMS or end <= begin:
+            return None
+        return done / (end - begin), cpu / (end - begin)
 
 
 def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException],
