@@ -236,6 +236,11 @@ class Probe:
             return elapsed >= PROBE_FLOOR
         if self._too_small(remaining, cost) or self.pool.workers == 1:
             return True
+        if self.trial_size(seen):
+            # Threads are tried next, and the verdict measures the transfer
+            # only if they do not win (a 1 MB item's two round trips took
+            # ~3 ms of a 50 ms call that threads won).
+            return True
         serial, parallel = projections(remaining, cost, self.transfer, self.pool,
                                        self.pool_item_cost(cost))
         if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
@@ -264,10 +269,18 @@ class Probe:
             pool = self.pool
             if pool.workers == 1:
                 return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
-            transfer = self.transfer
             worker_cost = self.pool_item_cost(cost)
-            serial, parallel = projections(remaining, cost, transfer, pool, worker_cost)
             threads, threaded = self._threaded(remaining, cost)
+            if threaded is not None:  # threads win even against a pool that moves items free?
+                serial, free = projections(remaining, cost, 0.0, pool, worker_cost)
+                if threaded * MARGIN < serial and threaded <= free * MARGIN:
+                    return Verdict(0, lambda: (
+                        f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
+                        f"{pool.workers} workers ≥ {format_seconds(free)} (pool start "
+                        f"~{format_seconds(pool.startup)}, before moving any item)"
+                        f"{self._threads_text(threads, threaded)}"), cost, "thread", threads)
+            transfer = self.transfer
+            serial, parallel = projections(remaining, cost, transfer, pool, worker_cost)
 
             def numbers() -> str:
                 slower = (f", ~{format_seconds(worker_cost)}/item in a worker"
