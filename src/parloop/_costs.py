@@ -21,9 +21,8 @@ from typing import Any
 from . import _memory
 
 __all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "least_transfer",
-           "note_fork_server",
-           "recall", "record_startup", "remember", "startup_estimate", "startup_key",
-           "transfer_seconds"]
+           "note_fork_server", "recall", "record_startup", "remember", "startup_estimate",
+           "startup_key", "transfer_seconds"]
 
 # -- moving bytes ----------------------------------------------------------------------------
 

@@ -34,8 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 __all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS",
-           "TRIAL_SURE", "Trial",
-           "gil_enabled", "projected_speedup", "run_trial", "thread_count"]
+           "TRIAL_SURE", "Trial", "gil_enabled", "projected_speedup", "run_trial", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -144,19 +143,17 @@ class Trial:
 
 
 def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException],
-         cpu: list[float], marks: list[list[tuple[float, float]]]
-         ) -> list[tuple[Any, BaseException | None]]:
+         marks: list[list[tuple[float, float]]]) -> list[tuple[Any, BaseException | None]]:
+    """Run ``items`` here; this thread's marks (see ``Trial``) go to ``marks``."""
     out: list[tuple[Any, BaseException | None]] = []
     clock, cpu_clock = time.perf_counter, time.thread_time
-    began = cpu_clock()
-    mine = [(clock(), began)]
+    mine = [(clock(), cpu_clock())]
     for item in items:
         try:
             out.append((call(item), None))
         except catch as exc:  # settled (or re-raised) by the caller, in order
             out.append((None, exc))
         mine.append((clock(), cpu_clock()))
-    cpu.append(cpu_clock() - began)
     marks.append(mine)
     return out
 
@@ -168,16 +165,16 @@ def run_trial(call: Callable[[Any], Any], items: list[Any]) -> Trial:
     (the helper's half is bounded by TRIAL_SECONDS of work)."""
     half = len(items) // 2
     theirs: list[tuple[Any, BaseException | None]] = []
-    cpu: list[float] = []
     marks: list[list[tuple[float, float]]] = []
     helper = threading.Thread(
-        target=lambda: theirs.extend(_run(call, items[half:], BaseException, cpu, marks)),
+        target=lambda: theirs.extend(_run(call, items[half:], BaseException, marks)),
         name="parloop-trial", daemon=True)
     clock, cpu_clock = time.perf_counter, time.process_time
     began, cpu_began = clock(), cpu_clock()
     helper.start()
     try:
-        mine = _run(call, items[:half], Exception, cpu, marks)
+        mine = _run(call, items[:half], Exception, marks)
     finally:
         helper.join()
-    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began, sum(cpu), marks)
+    thread_cpu = sum(thread[-1][1] - thread[0][1] for thread in marks)
+    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began, thread_cpu, marks)
