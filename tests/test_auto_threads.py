@@ -140,6 +140,9 @@ def test_items_that_already_use_every_core_are_not_split_further(
     busy = probed(1e-3, 64, cpu_share=2.0, threads=False)
     assert busy.cores_used() == 2.0 and busy.pool_item_cost(1e-3) == pytest.approx(2e-3)
     assert busy.verdict(3).serial_more is None
+    # Nor are they tried on two threads at once: they would only compete.
+    assert probed(1e-3, 64, cpu_share=2.0).trial_size(3) == 0
+    assert probed(1e-3, 64, cpu_share=1.0).trial_size(3) > 0
     # The same items on one CPU each: the pool wins.
     assert probed(1e-3, 64, threads=False).verdict(3).serial_more == 0
     # Without such a library, CPU time of other threads is not the item's.

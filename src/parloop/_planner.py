@@ -50,6 +50,9 @@ THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is 
 #: seconds: items this long go to processes without a thread trial (two of them
 #: would cost more than threads could save; see _headstart), on later calls too
 NO_TRIAL_ITEM = 0.1
+#: items that keep this share of the pool's CPUs busy in the caller are not
+#: tried on threads (a default-BLAS NumPy product: ~1.8 of 2)
+BUSY_CORES = 0.75
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
 
@@ -195,6 +198,8 @@ class Probe:
         if cost < _threads.TRIAL_MIN_ITEM or self._too_small(remaining, cost) \
                 or self.pool.workers < 2:
             return 0
+        if self.cores_used() >= BUSY_CORES * self.pool.workers:
+            return 0  # each item keeps the CPUs busy already (BLAS): two at once only compete
         # Long enough to be kept for later calls (TRIAL_KEPT per thread) when
         # the rest is big enough, else a short one that decides this call:
         # a trial's items are not lost time when threads win, as they run
