@@ -175,8 +175,8 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     verdict = from_history(2, {"serial": 1.0, "process": 1.0}, warm_pool, threads=True)
     assert verdict is not None and verdict.serial_more == 0
     # Unless threads were seen to win: then they run at once (below).
-    verdict = from_history(2, {"serial": 1.0, "process": 1.0, "trial": 1.9}, warm_pool,
-                           threads=True)
+    verdict = from_history(2, {"serial": 1.0, "process": 1.0, "trial": 1.9, "share": 1.0},
+                           warm_pool, threads=True)
     assert verdict is not None and verdict.backend == "thread"
 
 
@@ -194,6 +194,8 @@ def test_a_kept_trial_sends_the_next_call_to_threads_without_a_probe() -> None:
     # too small to be clear, nor for a call too small for any pool: probe.
     assert from_history(64, history, warm_pool) is None
     assert from_history(64, {**history, "trial": 1.2}, warm_pool, threads=True) is None
+    # Nor without the items' CPU share (how many threads): probe.
+    assert from_history(64, {"serial": 1.3e-3, "trial": 1.8}, warm_pool, threads=True) is None
     assert from_history(4, {**history, "serial": 20e-6}, warm_pool, threads=True) is None
     # Nor when the workers measured a process pool well ahead of threads.
     slow_threads = {"serial": 10e-3, "trial": 1.9, "process": 3e-3}

@@ -85,13 +85,16 @@ def _on_threads(total: int, history: dict[str, float], trial: float,
     MARGIN of a process pool (projected with no transfer cost, in its
     favour): the probe's own rule. Else None: probe. (Not CLEAR_WIN, as for
     a pool: a thread pool wrongly chosen costs ~0.1 ms, not a pool's start.)"""
-    serial_cost = history.get("serial")
-    if serial_cost is None or serial_cost < _threads.TRIAL_MIN_ITEM:
+    serial_cost, share = history.get("serial"), history.get("share")
+    # Without the CPU share (a cost cache written before it was kept) the
+    # thread count is unknown: 2 threads for items that mostly wait would
+    # be 16 times too few.
+    if serial_cost is None or share is None or serial_cost < _threads.TRIAL_MIN_ITEM:
         return None
     cost = pool()
     if cost.workers == 1:
         return None
-    count = _threads.thread_count(cost.workers, history.get("share", 1.0), total)
+    count = _threads.thread_count(cost.workers, share, total)
     gain = _threads.projected_speedup(trial, count)
     threaded = _threads.THREAD_START * count + LATENCY \
         + total * (serial_cost + _threads.ITEM_OVERHEAD) / gain
