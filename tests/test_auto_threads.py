@@ -120,6 +120,21 @@ def test_items_that_wait_get_more_threads_than_cpus() -> None:
     assert verdict.backend == "thread" and verdict.workers == min(MAX_THREADS, 64 - 7)
 
 
+def test_long_cpu_bound_items_are_tried_on_threads_only_when_it_can_pay() -> None:
+    # 8 items of 50 ms that keep a CPU busy: a trial that found the GIL held
+    # would cost a whole item, where threads could save only the pool's start.
+    assert probed(0.05, 8, seen=1).trial_size(1) == 0
+    # Items that mostly wait are tried: threads may beat two workers many times.
+    assert probed(0.05, 8, cpu_share=0.05, seen=1).trial_size(1) > 0
+    # Shorter items are tried as before.
+    assert probed(5e-3, 64, seen=1).trial_size(1) > 0
+    # The next call knows the items are long and CPU-bound: no probe.
+    history = {"serial": 0.05, "process": 0.05, "share": 1.0}
+    verdict = from_history(8, history, warm_pool, threads=True)
+    assert verdict is not None and verdict.backend == "process"
+    assert from_history(8, {**history, "share": 0.05}, warm_pool, threads=True) is None
+
+
 def test_thread_safe_false_never_tries_threads() -> None:
     probe = probed(1e-3, 200, threads=False)
     assert probe.trial_size(3) == 0

@@ -13,6 +13,7 @@ from ._planner import (
     CLEAR_WIN,
     HEAVY_ITEM,
     LATENCY,
+    LONG_ITEM,
     MARGIN,
     NO_TRIAL_ITEM,
     THREADS_GAIN,
@@ -61,8 +62,10 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
     if per_item is None or per_item < HEAVY_ITEM:
         return None
     # Threads are ruled out by a trial, or for items long enough that the
-    # first call sent them to a pool without one (as a head start does).
-    if threads and trial is None and per_item < NO_TRIAL_ITEM:
+    # first call sent them to a pool without one (as a head start does, and
+    # the probe for long CPU-bound items, where a trial could not pay).
+    long_cpu = per_item >= LONG_ITEM and history.get("share", 0.0) >= _threads.WAITING
+    if threads and trial is None and per_item < NO_TRIAL_ITEM and not long_cpu:
         return None  # threads may win and are not ruled out: the probe finds out
     cost = pool()
     if cost.workers == 1:

@@ -50,6 +50,8 @@ THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is 
 #: seconds: items this long go to processes without a thread trial (two of them
 #: would cost more than threads could save; see _headstart), on later calls too
 NO_TRIAL_ITEM = 0.1
+#: seconds: CPU-bound items this long are tried on threads only when that can pay
+LONG_ITEM = 0.02
 #: items that keep this share of the pool's CPUs busy in the caller are not
 #: tried on threads (a default-BLAS NumPy product: ~1.8 of 2)
 BUSY_CORES = 0.75
@@ -207,8 +209,21 @@ class Probe:
         for seconds in (_threads.TRIAL_KEPT, _threads.TRIAL_SECONDS):
             size = 2 * max(1, math.ceil(seconds / cost))
             if 2 * size <= remaining:
-                return size
+                return 0 if self._trial_cannot_pay(size, remaining, cost) else size
         return 0
+
+    def _trial_cannot_pay(self, size: int, remaining: int, cost: float) -> bool:
+        """Long CPU-bound items (LONG_ITEM): threads could beat a process
+        pool only by its start and the moving of items, and a trial of code
+        that holds the GIL costs half its items' time (8 x 50 ms lost a
+        whole item to it on a first call). Items that mostly wait, or that
+        cannot be sent to a process, are always tried."""
+        if cost < LONG_ITEM or self.cpu_share() < _threads.WAITING:
+            return False
+        pool, transfer = self.pool, self.transfer
+        if self.unsendable is not None:
+            return False
+        return size * cost / 2 > pool.startup + LATENCY + remaining * transfer / pool.workers
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""

@@ -45,7 +45,7 @@ class SerialLoop:
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
-        self.cpu_share = 1.0  # ... and the CPU share of the probe's median item then
+        self.cpu_share = 1.0  # the CPU share of the probe's median item
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
@@ -148,7 +148,6 @@ class SerialLoop:
         # a millisecond on each thread are too few to be sure for later calls.
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.wall >= TRIAL_SURE
-        self.cpu_share = probe.cpu_share()
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:
@@ -225,6 +224,7 @@ class SerialLoop:
         if head is not None and not self.head_started and head.close() is not None:
             self.head_started = True  # it took items just now
         self.first_seconds = probe.times[0] if probe.times else 0.0
+        self.cpu_share = probe.cpu_share()
         if self.head_started:
             self.unpicklable = None
             self.per_item = sorted(probe.times)[len(probe.times) // 2]
