@@ -128,11 +128,16 @@ def test_long_cpu_bound_items_are_tried_on_threads_only_when_it_can_pay() -> Non
     assert probed(0.05, 8, cpu_share=0.05, seen=1).trial_size(1) > 0
     # Shorter items are tried as before.
     assert probed(5e-3, 64, seen=1).trial_size(1) > 0
-    # The next call knows the items are long and CPU-bound: no probe.
-    history = {"serial": 0.05, "process": 0.05, "share": 1.0}
+    # The next call knows the items are long and CPU-bound and cheap to move: no probe.
+    history = {"serial": 0.05, "process": 0.05, "share": 1.0, "transfer": 1e-6}
     verdict = from_history(8, history, warm_pool, threads=True)
     assert verdict is not None and verdict.backend == "process"
     assert from_history(8, {**history, "share": 0.05}, warm_pool, threads=True) is None
+    # ... but a call with many items that are costly to move may still gain
+    # from threads (64 x zlib of 1 MB, after a warm-up of 8): probe.
+    costly = {**history, "transfer": 2e-3}
+    assert from_history(8, costly, warm_pool, threads=True) is not None
+    assert from_history(64, costly, warm_pool, threads=True) is None
 
 
 def test_thread_safe_false_never_tries_threads() -> None:

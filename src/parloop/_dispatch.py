@@ -263,6 +263,8 @@ class _Call:
             assert verdict is not None
             self.stats.caller_per_item, self.stats.probed = verdict.per_item, True
             _costs.remember(self.job.fn, self.loop.cpu_share, "share")
+            if self.loop.transfer is not None:
+                _costs.remember(self.job.fn, self.loop.transfer, "transfer")
             if self.loop.trial_speedup is not None and self.loop.trial_sure:
                 _costs.remember(self.job.fn, self.loop.trial_speedup, "trial")
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item

@@ -61,15 +61,15 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
     per_item = history.get("process")
     if per_item is None or per_item < HEAVY_ITEM:
         return None
-    # Threads are ruled out by a trial, or for items long enough that the
-    # first call sent them to a pool without one (as a head start does, and
-    # the probe for long CPU-bound items, where a trial could not pay).
-    long_cpu = per_item >= LONG_ITEM and history.get("share", 0.0) >= _threads.WAITING
-    if threads and trial is None and per_item < NO_TRIAL_ITEM and not long_cpu:
-        return None  # threads may win and are not ruled out: the probe finds out
     cost = pool()
     if cost.workers == 1:
         return None
+    # Threads are ruled out by a trial, or for items long enough that the
+    # first call sent them to a pool without one (as a head start does), or
+    # for long CPU-bound items when a trial cannot pay for this many.
+    if threads and trial is None and per_item < NO_TRIAL_ITEM \
+            and not _no_trial_pays(total, per_item, history, cost):
+        return None  # threads may win and are not ruled out: the probe finds out
     serial_cost = history.get("serial", per_item)
     serial, parallel = projections(total, serial_cost, 0.0, cost, per_item)
     if serial <= CLEAR_WIN * parallel:
@@ -111,6 +111,18 @@ def _on_threads(total: int, history: dict[str, float], trial: float,
         f"{total} items: serial ≈ {format_seconds(serial)}, {count} threads ≈ "
         f"{format_seconds(threaded)}, {cost.workers} workers ≈ {format_seconds(parallel)}"),
         serial_cost, "thread", count)
+
+
+def _no_trial_pays(total: int, per_item: float, history: dict[str, float],
+                   cost: PoolCost) -> bool:
+    """The probe's rule for long CPU-bound items (``Probe._trial_cannot_pay``,
+    a trial of one item per thread) on what an earlier call measured: what
+    threads could save over the pool, its start and the moving of items, is
+    less than the item a trial of code holding the GIL would cost."""
+    share, transfer = history.get("share"), history.get("transfer")
+    if share is None or transfer is None or per_item < LONG_ITEM or share < _threads.WAITING:
+        return False
+    return per_item > cost.startup + LATENCY + total * transfer / cost.workers
 
 
 def _earlier(history: dict[str, float]) -> str:

@@ -142,6 +142,11 @@ class Probe:
     def transfer_bytes(self) -> int:
         return self._measure()[1]
 
+    @property
+    def measured_transfer(self) -> float | None:
+        """The transfer's seconds, if the probe measured it (for the history)."""
+        return self._transfer[0] if self._transfer is not None and self._transfer[1] else None
+
     def _measure(self) -> tuple[float, int]:
         if self._transfer is None:
             self._transfer = (0.0, 0)

@@ -46,6 +46,7 @@ class SerialLoop:
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
         self.cpu_share = 1.0  # the CPU share of the probe's median item
+        self.transfer: float | None = None  # an item's transfer, if the probe measured it
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
@@ -225,6 +226,7 @@ class SerialLoop:
             self.head_started = True  # it took items just now
         self.first_seconds = probe.times[0] if probe.times else 0.0
         self.cpu_share = probe.cpu_share()
+        self.transfer = probe.measured_transfer
         if self.head_started:
             self.unpicklable = None
             self.per_item = sorted(probe.times)[len(probe.times) // 2]
