@@ -12,14 +12,14 @@ from ._plan import format_seconds
 from ._planner import (
     CLEAR_WIN,
     HEAVY_ITEM,
-    LATENCY,
-    LONG_ITEM,
-    MARGIN,
     NO_TRIAL_ITEM,
     THREADS_GAIN,
     PoolCost,
     Verdict,
     projections,
+    threads_projection,
+    threads_win,
+    trial_cannot_pay,
 )
 
 __all__ = ["from_history", "static_choice"]
@@ -84,10 +84,10 @@ def from_history(total: int | None, history: dict[str, float], pool: Callable[[]
 def _on_threads(total: int, history: dict[str, float], trial: float,
                 pool: Callable[[], PoolCost]) -> Verdict | None:
     """Threads, without a probe, when an earlier call's kept trial showed
-    the function releases the GIL, and threads beat serial and are within
-    MARGIN of a process pool (projected with no transfer cost, in its
-    favour): the probe's own rule. Else None: probe. (Not CLEAR_WIN, as for
-    a pool: a thread pool wrongly chosen costs ~0.1 ms, not a pool's start.)"""
+    the function releases the GIL and threads win by the probe's own rule
+    (``threads_win``) against a process pool projected with no transfer
+    cost, in its favour. Else None: probe. (Not CLEAR_WIN, as for a pool: a
+    thread pool wrongly chosen costs ~0.1 ms, not a pool's start.)"""
     serial_cost, share = history.get("serial"), history.get("share")
     # Without the CPU share (a cost cache written before it was kept) the
     # thread count is unknown: 2 threads for items that mostly wait would
@@ -97,13 +97,10 @@ def _on_threads(total: int, history: dict[str, float], trial: float,
     cost = pool()
     if cost.workers == 1:
         return None
-    count = _threads.thread_count(cost.workers, share, total)
-    gain = _threads.projected_speedup(trial, count)
-    threaded = _threads.THREAD_START * count + LATENCY \
-        + total * (serial_cost + _threads.ITEM_OVERHEAD) / gain
+    count, threaded = threads_projection(total, serial_cost, trial, cost.workers, share)
     serial, parallel = projections(total, serial_cost, 0.0, cost,
                                    history.get("process", serial_cost))
-    if serial <= MARGIN * threaded or threaded > parallel * MARGIN:
+    if not threads_win(threaded, serial, parallel):
         return None
     return Verdict(0, lambda: (
         f"no probe: an earlier {_earlier(history)} measured ~{format_seconds(serial_cost)} per "
@@ -115,14 +112,12 @@ def _on_threads(total: int, history: dict[str, float], trial: float,
 
 def _no_trial_pays(total: int, per_item: float, history: dict[str, float],
                    cost: PoolCost) -> bool:
-    """The probe's rule for long CPU-bound items (``Probe._trial_cannot_pay``,
-    a trial of one item per thread) on what an earlier call measured: what
-    threads could save over the pool, its start and the moving of items, is
-    less than the item a trial of code holding the GIL would cost."""
+    """The probe's ``trial_cannot_pay`` (a trial of one item per thread, as
+    for any item of LONG_ITEM or more) on what an earlier call measured."""
     share, transfer = history.get("share"), history.get("transfer")
-    if share is None or transfer is None or per_item < LONG_ITEM or share < _threads.WAITING:
+    if share is None or transfer is None:
         return False
-    return per_item > cost.startup + LATENCY + total * transfer / cost.workers
+    return trial_cannot_pay(2, per_item, share, total, lambda: transfer, cost)
 
 
 def _earlier(history: dict[str, float]) -> str:

@@ -38,7 +38,7 @@ from ._options import Options
 from ._plan import Reason, format_seconds
 
 __all__ = ["CHUNK_SECONDS", "MIN_CHUNK_SECONDS", "ChunkSizer", "PoolCost", "Probe", "Verdict",
-           "pool_cost", "projections"]
+           "pool_cost", "projections", "threads_projection", "threads_win", "trial_cannot_pay"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
@@ -50,10 +50,8 @@ THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is 
 #: seconds: items this long go to processes without a thread trial (two of them
 #: would cost more than threads could save; see _headstart), on later calls too
 NO_TRIAL_ITEM = 0.1
-#: seconds: CPU-bound items this long are tried on threads only when that can pay
-LONG_ITEM = 0.02
-#: items that keep this share of the pool's CPUs busy in the caller are not
-#: tried on threads (a default-BLAS NumPy product: ~1.8 of 2)
+LONG_ITEM = 0.02  # seconds: CPU-bound items this long are tried on threads if that can pay
+#: items keeping this share of the CPUs busy in the caller (BLAS) are not tried on threads
 BUSY_CORES = 0.75
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
@@ -214,21 +212,14 @@ class Probe:
         for seconds in (_threads.TRIAL_KEPT, _threads.TRIAL_SECONDS):
             size = 2 * max(1, math.ceil(seconds / cost))
             if 2 * size <= remaining:
-                return 0 if self._trial_cannot_pay(size, remaining, cost) else size
+                return 0 if trial_cannot_pay(size, cost, self.cpu_share(), remaining,
+                                             self._sendable, self.pool) else size
         return 0
 
-    def _trial_cannot_pay(self, size: int, remaining: int, cost: float) -> bool:
-        """Long CPU-bound items (LONG_ITEM): threads could beat a process
-        pool only by its start and the moving of items, and a trial of code
-        that holds the GIL costs half its items' time (8 x 50 ms lost a
-        whole item to it on a first call). Items that mostly wait, or that
-        cannot be sent to a process, are always tried."""
-        if cost < LONG_ITEM or self.cpu_share() < _threads.WAITING:
-            return False
-        pool, transfer = self.pool, self.transfer
-        if self.unsendable is not None:
-            return False
-        return size * cost / 2 > pool.startup + LATENCY + remaining * transfer / pool.workers
+    def _sendable(self) -> float:
+        """The transfer's seconds; infinite for items that cannot be sent."""
+        transfer = self.transfer
+        return math.inf if self.unsendable is not None else transfer
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
@@ -298,7 +289,7 @@ class Probe:
             threads, threaded = self._threaded(remaining, cost)
             if threaded is not None:  # threads win even against a pool that moves items free?
                 serial, free = projections(remaining, cost, 0.0, pool, worker_cost)
-                if threaded * MARGIN < serial and threaded <= free * MARGIN:
+                if threads_win(threaded, serial, free):
                     return Verdict(0, lambda: (
                         f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
                         f"{pool.workers} workers ≥ {format_seconds(free)} (pool start "
@@ -316,10 +307,7 @@ class Probe:
                         f"{', in the background' if pool.overlap else ''}, "
                         f"transfer ~{format_seconds(transfer)}/item{slower})"
                         f"{self._threads_text(threads, threaded)}")
-            # A process pool's projection errs toward it (MARGIN); threads
-            # within that of it win: no pickling, no start, no copies.
-            if threaded is not None and threaded * MARGIN < serial \
-                    and threaded <= parallel * MARGIN:
+            if threaded is not None and threads_win(threaded, serial, parallel):
                 return Verdict(0, numbers, cost, "thread", threads)
             return Verdict(0 if parallel * MARGIN < serial else None, numbers, cost)
         return self._unknown_length(probed, cost)
@@ -330,10 +318,7 @@ class Probe:
         speedup = self.trial_speedup
         if not self.threads or speedup is None or speedup < THREADS_GAIN:
             return 0, None
-        threads = _threads.thread_count(self.pool.workers, self.cpu_share(), remaining)
-        gain = _threads.projected_speedup(speedup, threads)
-        busy = remaining * (cost + _threads.ITEM_OVERHEAD) / gain
-        return threads, _threads.THREAD_START * threads + LATENCY + busy
+        return threads_projection(remaining, cost, speedup, self.pool.workers, self.cpu_share())
 
     def _threads_text(self, threads: int, threaded: float | None) -> str:
         if not self.threads or self.trial_speedup is None:
@@ -384,3 +369,32 @@ def projections(remaining: int, cost: float, transfer: float, pool: PoolCost,
     rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
     busy = max(rounds * ((worker_cost or cost) + transfer / 2), remaining * transfer / 2)
     return serial, pool.startup + LATENCY + busy
+
+
+def threads_projection(remaining: int, cost: float, speedup: float, cpus: int,
+                       share: float) -> tuple[int, float]:
+    """(threads, seconds) for ``remaining`` items of ``cost`` on a thread
+    pool, from a trial's ``speedup`` on two threads and an item's CPU share."""
+    threads = _threads.thread_count(cpus, share, remaining)
+    gain = _threads.projected_speedup(speedup, threads)
+    busy = remaining * (cost + _threads.ITEM_OVERHEAD) / gain
+    return threads, _threads.THREAD_START * threads + LATENCY + busy
+
+
+def threads_win(threaded: float, serial: float, parallel: float) -> bool:
+    """Threads must beat serial by MARGIN; against a process pool, whose
+    projection errs toward it (MARGIN), being within that of it wins: no
+    pickling, no start, no copies."""
+    return threaded * MARGIN < serial and threaded <= parallel * MARGIN
+
+
+def trial_cannot_pay(size: int, cost: float, share: float, remaining: int,
+                     transfer: Callable[[], float], pool: PoolCost) -> bool:
+    """A thread trial of ``size`` items is not worth it: for CPU-bound items
+    of LONG_ITEM or more, threads beat a process pool only by its start and
+    the moving of items (``transfer()``, read only then), while a trial of
+    code holding the GIL costs half its items' time (8 x 50 ms lost an item
+    to it on a first call). Items that mostly wait are always tried."""
+    if cost < LONG_ITEM or share < _threads.WAITING:
+        return False
+    return size * cost / 2 > pool.startup + LATENCY + remaining * transfer() / pool.workers
