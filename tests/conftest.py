@@ -14,7 +14,7 @@ from typing import Any
 import procs
 import pytest
 
-from parloop import _scope
+from parloop import _scope, _threadpool
 
 faulthandler.enable()
 
@@ -79,8 +79,11 @@ def census(request: pytest.FixtureRequest) -> Iterator[None]:
     deadline = time.monotonic() + 5
     while True:
         children = procs.children(os.getpid()) - _infrastructure()
+        # Threads _threadpool keeps idle for the next trial or thread pool
+        # are not leaks (each ends after IDLE_SECONDS); a busy one is.
+        idle = _threadpool.idle_threads()
         threads = [t for t in threading.enumerate() if t.ident not in before_threads
-                   and not t.name.startswith(("parloop-async", "asyncio"))]
+                   and not t.name.startswith(("parloop-async", "asyncio")) and t not in idle]
         fds = _fds() - before_fds
         # Stragglers get a moment: a killed worker is reaped asynchronously.
         if (not children and not threads) or time.monotonic() > deadline:

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from parloop.backends import _runner
-from parloop.backends._wire import Done, JobSpec, Pickled, RunChunk, dump_value
+from parloop.backends._wire import Done, JobSpec, Pickled, dump_value
 from parloop.backends.process import pipe, worker
 from parloop.backends.process import shm as _shm
+from parloop.backends.process.messages import RunChunk
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -28,10 +28,11 @@ from __future__ import annotations
 
 import math
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
+
+from ._threadpool import SimpleQueue, take
 
 __all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS",
            "TRIAL_SURE", "Trial", "gil_enabled", "projected_speedup", "run_trial", "thread_count"]
@@ -159,22 +160,29 @@ def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException
 
 
 def run_trial(call: Callable[[Any], Any], items: list[Any]) -> Trial:
-    """Run the first half of ``items`` here and the second half in a helper
-    thread, at once. An exception the helper met is returned in its item's
-    place, like any other; KeyboardInterrupt stops the caller's half only
-    (the helper's half is bounded by TRIAL_SECONDS of work)."""
+    """Run the first half of ``items`` here and the second half on a helper
+    thread (from ``_threadpool``, which keeps it for the thread backend), at
+    once. An exception the helper met is returned in its item's place, like
+    any other; KeyboardInterrupt stops the caller's half only (the helper's
+    half is bounded by TRIAL_KEPT of work)."""
     half = len(items) // 2
-    theirs: list[tuple[Any, BaseException | None]] = []
     marks: list[list[tuple[float, float]]] = []
-    helper = threading.Thread(
-        target=lambda: theirs.extend(_run(call, items[half:], BaseException, marks)),
-        name="parloop-trial", daemon=True)
+    finished: SimpleQueue[list[tuple[Any, BaseException | None]]] = SimpleQueue()
+    helper = take(1)[0]
     clock, cpu_clock = time.perf_counter, time.process_time
     began, cpu_began = clock(), cpu_clock()
-    helper.start()
+
+    def their_half() -> None:
+        theirs: list[tuple[Any, BaseException | None]] = []
+        try:
+            theirs = _run(call, items[half:], BaseException, marks)
+        finally:
+            finished.put(theirs)  # the caller waits for it, whatever happened
+
+    helper.run(their_half)
     try:
         mine = _run(call, items[:half], Exception, marks)
     finally:
-        helper.join()
+        theirs = finished.get()
     thread_cpu = sum(thread[-1][1] - thread[0][1] for thread in marks)
     return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began, thread_cpu, marks)

@@ -32,7 +32,8 @@ from typing import Any
 
 from ..errors import SetupError
 
-__all__ = ["KEEP", "Setup", "end_here", "known_id", "set_worker_id", "setup_for", "state_of", "worker_id"]
+__all__ = ["KEEP", "Setup", "end_here", "forget_thread", "known_id", "set_worker_id", "setup_for",
+           "state_of", "worker_id"]
 
 KEEP = 4
 
@@ -195,6 +196,12 @@ def set_worker_id(index: int | None, per_thread: bool = False) -> None:
         _local.worker_id = index
     else:
         _process_worker_id = index
+
+
+def forget_thread() -> None:
+    """Drop this thread's states and worker index, as its end would: a pool
+    thread going back to ``_threadpool`` for another backend, or a trial."""
+    _local.__dict__.clear()
 
 
 def known_id() -> int | None:

@@ -5,21 +5,10 @@ send a job's spec once and each chunk as a remote task, whose reply is a
 list of ``Done``; the thread backend passes ``Done`` in memory. Every side
 runs items with the one loop in ``_runner``.
 
-caller -> worker::
+The process backend's own pipe messages (``RunChunk``, ``Cancel`` and the
+rest) are in ``process/messages.py``; what every backend shares is here::
 
-    JobMessage(job_id, payload)          a job's JobSpec, pickled once per call
-    RunChunk(job_id, start, size,        items start .. start + size - 1: one
-             items, split)               pickle, or (split) one pickle per item
-    Cancel(job_id) / Forget(job_id, teardown) / Stop()
-                                         (teardown: run the setup's teardown
-                                         here and answer with Ended)
-    Revoke(job_id, start)                give back this chunk if it has not started
-
-worker -> caller::
-
-    Ready(pid)                           the worker is up
-    Resend(job_id, start)                the chunk did not unpickle as a whole
-    Revoked(job_id, start, given_back)   the answer to Revoke
+    JobSpec(fn, args, kwargs, star, ...) what every item of a job shares
     Done(job_id, start, values, errors,  results of consecutive items (a chunk
          busy, final, slowest, wrapped,  reports in parts every 50 ms), with the
          cpu)                            seconds they took and the CPU time spent
@@ -31,7 +20,7 @@ message and formatted traceback; ``rebuild`` turns it back into the
 exception with the worker's traceback as its ``__cause__``.
 """
 
-from __future__ import annotations
+
 
 import copy
 import pickle
@@ -44,20 +33,11 @@ from ..errors import ParloopError, RemoteTraceback, RemoteUnpicklingError
 from .base import Chunk, Ended, Job, Outcome
 
 __all__ = [
-    "Cancel",
     "Captured",
     "Done",
-    "Forget",
-    "JobMessage",
     "JobSpec",
     "Pickled",
-    "Ready",
-    "Resend",
-    "Revoke",
-    "Revoked",
-    "RunChunk",
     "SpecCache",
-    "Stop",
     "capture",
     "decode",
     "dump_value",
@@ -84,56 +64,9 @@ class JobSpec(NamedTuple):
     setup: Any = None  # a _state.Setup: each worker's state goes before the item
 
     @classmethod
-    def of(cls, job: Job, flush_every: float, timed: bool) -> JobSpec:
+    def of(cls, job: Job, flush_every: float, timed: bool) -> "JobSpec":
         return cls(job.fn, job.args, job.kwargs, job.star, job.stop_on_error, flush_every, timed,
                    job.setup)
-
-
-class JobMessage(NamedTuple):
-    job_id: int
-    payload: Any  # a packed JobSpec
-
-
-class RunChunk(NamedTuple):
-    job_id: int
-    start: int
-    size: int  # how many items
-    items: Any  # the packed list, or (split) a list of pack_item pairs
-    split: bool
-
-
-class Cancel(NamedTuple):
-    job_id: int
-
-
-class Forget(NamedTuple):
-    job_id: int
-    teardown: bool = False  # end the job's setup state here, answering with Ended
-
-
-
-class Stop(NamedTuple):
-    pass
-
-
-class Revoke(NamedTuple):
-    job_id: int
-    start: int
-
-
-class Revoked(NamedTuple):
-    job_id: int
-    start: int
-    given_back: bool  # False: it had started already, and runs there
-
-
-class Ready(NamedTuple):
-    pid: int
-
-
-class Resend(NamedTuple):
-    job_id: int
-    start: int
 
 
 class Captured(NamedTuple):

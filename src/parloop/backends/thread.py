@@ -12,16 +12,12 @@ thread, and each thread's ``worker_id()`` is its index in the pool.
 
 from __future__ import annotations
 
-import array
-import functools
-import itertools
-import queue
 import threading
-from collections import defaultdict
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
 
+from .._threadpool import SimpleQueue, take
 from ._runner import EVERYTHING, run_items
-from ._state import set_worker_id
+from ._state import forget_thread, set_worker_id
 from ._wire import Done, JobSpec, decode, end_state
 from .base import Backend, Chunk, Ended, Job, Outcome, Settings, drain
 
@@ -33,32 +29,51 @@ def _as_it_is(exc: BaseException) -> BaseException:
 
 
 class ThreadBackend(Backend):
+    """``workers`` threads taking chunks from one queue. The threads come
+    from ``_threadpool`` (a thread trial's helper among them, when there was
+    one) and go back to it when the backend closes."""
+
     name = "thread"
 
     def __init__(self, workers: int) -> None:
         super().__init__(workers)
-        # Each pool thread gets its index (worker_id()) as it starts: 0 .. workers - 1.
-        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="parloop",
-                                            initializer=self._number_thread)
-        self._numbers = itertools.count()
-        self._done: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
-        self._futures: defaultdict[int, set[Future[None]]] = defaultdict(set)
+        # A chunk to run, a task for whichever thread takes it, or None: stop.
+        self._queue: SimpleQueue[Chunk | Callable[[], None] | None] = SimpleQueue()
+        self._done: SimpleQueue[Outcome] = SimpleQueue()
+        self._live: set[int] = set()  # jobs whose chunks may start: not cancelled or ended
         self._cancelled: set[int] = set()  # jobs whose remaining items must not start
         self._ending = threading.Lock()  # one round of teardowns at a time
+        self._stopped = threading.Semaphore(0)  # released as each thread stops serving
+        for number, thread in enumerate(take(workers)):
+            thread.run(lambda number=number: self._serve(number))  # type: ignore[misc]
 
-    def _number_thread(self) -> None:
-        set_worker_id(next(self._numbers), per_thread=True)
+    def _serve(self, number: int) -> None:
+        """A pool thread's life in this backend; worker_id() is ``number``."""
+        set_worker_id(number, per_thread=True)
+        try:
+            while True:
+                task = self._queue.get()
+                if task is None:
+                    return
+                if isinstance(task, Chunk):
+                    if task.job.id in self._live:
+                        self._run(task)
+                else:
+                    task()
+                del task
+        finally:
+            forget_thread()  # as if the thread had ended: its states go with the backend
+            self._stopped.release()
 
     def submit(self, chunk: Chunk) -> None:
-        future = self._executor.submit(self._run, chunk)
         with self._lock:
-            self._futures[chunk.job.id].add(future)
-        future.add_done_callback(functools.partial(self._forget, chunk.job.id))
+            self._live.add(chunk.job.id)
+        self._queue.put(chunk)
 
     def _run(self, chunk: Chunk) -> None:
         job = chunk.job
         spec = JobSpec.of(job, float("inf"), False)
-        status = memoryview(array.array("d", [0.0, 0.0, 0.0]))
+        status = memoryview(bytearray(24)).cast("d")  # see _runner: three doubles
         worker = threading.current_thread().name
 
         def report(done: Done) -> None:
@@ -68,45 +83,54 @@ class ThreadBackend(Backend):
                   cancelled=self._cancelled, load=_as_it_is, pack=_as_it_is,
                   as_is=EVERYTHING, keep=_as_it_is, per_thread=True)
 
-    def _forget(self, job_id: int, future: Future[None]) -> None:
-        with self._lock:
-            self._futures[job_id].discard(future)
-
     def _poll(self, timeout: float | None) -> list[Outcome]:
         return drain(self._done, timeout)
 
     def cancel(self, job: Job) -> None:
         with self._lock:
             self._cancelled.add(job.id)
-            futures = self._futures.pop(job.id, set())
-        for future in futures:
-            future.cancel()
+            self._live.discard(job.id)
 
     def end_states(self, job: Job) -> list[Ended]:
         """Each pool thread ends its own state (a connection may be bound to
         the thread that opened it): one task per thread, held at a barrier
         until every thread has one, so that no thread takes two."""
         barrier = threading.Barrier(self.workers)
+        answers: SimpleQueue[Ended | BaseException] = SimpleQueue()
 
-        def end_this_thread() -> Ended:
-            barrier.wait()
-            return end_state(job.id, job.setup, per_thread=True)
+        def end_this_thread() -> None:
+            try:
+                barrier.wait()
+                answers.put(end_state(job.id, job.setup, per_thread=True))
+            except BaseException as exc:  # raised again in the caller
+                answers.put(exc)
 
         with self._ending:  # two rounds at once could each hold half the threads
-            futures = [self._executor.submit(end_this_thread) for _ in range(self.workers)]
-            ended = [future.result() for future in futures]
-        return [answer for answer in ended if answer.made]
+            for _ in range(self.workers):
+                self._queue.put(end_this_thread)
+            ended = [answers.get() for _ in range(self.workers)]
+        for answer in ended:
+            if isinstance(answer, BaseException):
+                raise answer
+        return [answer for answer in ended if isinstance(answer, Ended) and answer.made]
 
     def end_job(self, job: Job) -> None:
         super().end_job(job)
         with self._lock:
-            self._futures.pop(job.id, None)
+            self._live.discard(job.id)
             self._cancelled.discard(job.id)
 
     def close(self, *, kill: bool = False) -> None:
-        self._executor.shutdown(wait=not kill, cancel_futures=True)
+        """Stop every thread once its current item is done (chunks not yet
+        started are dropped); ``kill``: without waiting for that."""
+        with self._lock:
+            self._live.clear()
+        for _ in range(self.workers):
+            self._queue.put(None)
+        if not kill:
+            for _ in range(self.workers):
+                self._stopped.acquire()
 
 
 def create(workers: int, options: Settings) -> ThreadBackend:
     return ThreadBackend(workers)
-

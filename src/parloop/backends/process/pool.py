@@ -50,28 +50,13 @@ from typing import Any
 
 from ... import _cpu
 from ...errors import WorkerCrashedError
-from .._wire import (
-    Cancel,
-    Done,
-    Forget,
-    JobMessage,
-    Ready,
-    Resend,
-    Revoke,
-    Revoked,
-    RunChunk,
-    Stop,
-    decode,
-    failed_outcome,
-    pack_item,
-    pack_items,
-    rebuilt,
-)
+from .._wire import Done, decode, failed_outcome, pack_item, pack_items, rebuilt
 from ..base import Backend, Chunk, Ended, Job, Outcome
 from . import children as _children
 from . import deadlines, pipe, shm
 from .children import Sent, Worker
 from .inherit import Payloads
+from .messages import Cancel, Forget, JobMessage, Ready, Resend, Revoke, Revoked, RunChunk, Stop
 from .roster import Roster
 from .worker import CANCEL_GRACE, IDLE_EXIT
 

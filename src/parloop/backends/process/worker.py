@@ -33,23 +33,10 @@ from typing import Any
 from ... import _role
 from .._runner import IDLE, PREPARING, report_failure, run_items
 from .._state import set_worker_id
-from .._wire import (
-    Cancel,
-    Forget,
-    JobMessage,
-    Ready,
-    Resend,
-    Revoke,
-    Revoked,
-    RunChunk,
-    SpecCache,
-    Stop,
-    cloud_dumps,
-    end_state,
-    unpickle_error,
-)
+from .._wire import SpecCache, cloud_dumps, end_state, unpickle_error
 from ..base import Ended
 from . import pipe, shm
+from .messages import Cancel, Forget, JobMessage, Ready, Resend, Revoke, Revoked, RunChunk, Stop
 
 __all__ = ["CANCEL_GRACE", "IDLE_EXIT", "ItemCancelled", "Runner", "main"]
 
