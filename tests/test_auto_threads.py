@@ -200,6 +200,56 @@ def test_what_workers_measured_is_the_pools_cost() -> None:
     assert verdict is not None and verdict.backend == "thread"
 
 
+def test_workers_measured_by_an_explicit_process_call_count_too() -> None:
+    # backend="process" measures only the workers (1.5 ms an item, BLAS
+    # capped at one thread); the caller's 0.7 ms came from another call.
+    # With no ratio measured within one call, the two sides' latest give it:
+    # a pool moving items for free would still lose to serial.
+    history = {"serial": 0.7e-3, "process": 1.5e-3}
+    probe = probed(0.7e-3, 64, threads=False, history=history)
+    assert probe.pool_item_cost(0.7e-3) == pytest.approx(1.5e-3)
+    assert probe.verdict(3).serial_more is None
+    # Without that history the same numbers go to the warm pool.
+    assert probed(0.7e-3, 64, threads=False).verdict(3).serial_more == 0
+    # A ratio measured within one call is the better number, and is kept.
+    history["ratio"] = 1.1
+    assert probed(0.7e-3, 64, threads=False, history=history).worker_ratio == 1.1
+
+
+class _CountsPickling:
+    pickled = 0
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        _CountsPickling.pickled += 1
+        return _CountsPickling, ()
+
+
+def test_the_transfer_is_not_measured_when_a_pool_loses_even_moving_items_free() -> None:
+    # 50 ms of work left, and a pool that takes ~0.3 s to start (a fork
+    # server, with BLAS threads in the caller): serial, without pickling.
+    _CountsPickling.pickled = 0
+    clock = FakeClock()
+    probe = Probe(64, lambda: PoolCost(2, 0.29, "", overlap=True), clock)
+    probe.keep_first(_CountsPickling(), _CountsPickling())
+    for _ in range(14):
+        clock.now += 1e-3
+        probe.times.append(1e-3)
+        probe.cpu.append(1e-3)
+    assert probe.done(14)
+    verdict = probe.verdict(14)
+    assert verdict.serial_more is None
+    assert "before moving any item" in str(verdict.reason)
+    assert _CountsPickling.pickled == 0
+    # With a warm pool the same call may pay: the transfer is measured.
+    probe = Probe(640, warm_pool, clock)
+    probe.keep_first(_CountsPickling(), _CountsPickling())
+    for _ in range(14):
+        probe.times.append(1e-3)
+        probe.cpu.append(1e-3)
+    probe.verdict(14)
+    assert _CountsPickling.pickled > 0
+
+
 def test_a_kept_trial_sends_the_next_call_to_threads_without_a_probe() -> None:
     # sha256 of 1 MB: 1.3 ms in the caller, 1.8x on two threads.
     history = {"serial": 1.3e-3, "trial": 1.8, "share": 1.0}

@@ -16,13 +16,18 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from . import _memory
+from ._cpu import planning_start_method
 
-__all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "clock_cost", "least_transfer",
-           "note_fork_server", "recall", "record_startup", "remember", "startup_estimate",
-           "startup_key", "transfer_seconds"]
+if TYPE_CHECKING:
+    from ._options import Options
+
+__all__ = ["ITEM_OVERHEAD", "SHARED_MEMORY", "SHARED_THRESHOLD", "PoolCost", "clock_cost",
+           "least_transfer", "note_fork_server", "pool_cost", "recall", "record_startup",
+           "remember", "startup_estimate", "startup_key", "transfer_seconds"]
 
 # -- moving bytes ----------------------------------------------------------------------------
 
@@ -83,6 +88,31 @@ def record_startup(key: str, workers: int, seconds: float) -> None:
         _STARTUP[key] = (max(0.0, seconds - per_worker * workers), per_worker)
     else:
         _STARTUP[key] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
+
+
+@dataclass
+class PoolCost:
+    """What a pool would cost this call. Finding out reads the CPU limits and
+    the pool registry (~0.5 ms the first time), so the probe asks only once
+    the work is big enough that a pool might win."""
+
+    workers: int
+    startup: float  # seconds to start it; 0 when a warm pool waits
+    why_workers: str = ""  # where the worker count came from, when it is 1
+    #: the pool starts in the background (forkserver, spawn) while the caller
+    #: goes on running items, so its start-up is not time lost
+    overlap: bool = False
+
+
+def pool_cost(options: Options, workers: int, warm: bool, server_coming: bool = False) -> PoolCost:
+    """What a process pool would cost a call (``warm``: one waits already;
+    ``server_coming``: a head start is starting the fork server)."""
+    startup, overlap = 0.0, False
+    if not warm:
+        method = options.start_method or planning_start_method()
+        startup = startup_estimate(method, workers, server_coming)
+        overlap = method != "fork"  # only a pool that does not fork the caller
+    return PoolCost(workers, startup, options.worker_source() if workers == 1 else "", overlap)
 
 
 # -- pickling and the clock ---------------------------------------------------------------------

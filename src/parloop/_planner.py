@@ -29,12 +29,11 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from . import _costs, _cpu, _threads
+from . import _costs, _threads
 from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
-from ._options import Options
+from ._costs import PoolCost, pool_cost
 from ._plan import Reason, format_seconds
 
 __all__ = ["CHUNK_SECONDS", "MIN_CHUNK_SECONDS", "ChunkSizer", "PoolCost", "Probe", "Verdict",
@@ -55,31 +54,6 @@ LONG_ITEM = 0.02  # seconds: CPU-bound items this long are tried on threads if t
 BUSY_CORES = 0.75
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
-
-
-@dataclass
-class PoolCost:
-    """What a pool would cost this call. Finding out reads the CPU limits and
-    the pool registry (~0.5 ms the first time), so the probe asks only once
-    the work is big enough that a pool might win."""
-
-    workers: int
-    startup: float  # seconds to start it; 0 when a warm pool waits
-    why_workers: str = ""  # where the worker count came from, when it is 1
-    #: the pool starts in the background (forkserver, spawn) while the caller
-    #: goes on running items, so its start-up is not time lost
-    overlap: bool = False
-
-
-def pool_cost(options: Options, workers: int, warm: bool, server_coming: bool = False) -> PoolCost:
-    """What a process pool would cost a call (``warm``: one waits already;
-    ``server_coming``: a head start is starting the fork server)."""
-    startup, overlap = 0.0, False
-    if not warm:
-        method = options.start_method or _cpu.planning_start_method()
-        startup = _costs.startup_estimate(method, workers, server_coming)
-        overlap = method != "fork"  # only a pool that does not fork the caller
-    return PoolCost(workers, startup, options.worker_source() if workers == 1 else "", overlap)
 
 
 class Verdict:
@@ -114,8 +88,11 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         # How much slower an item ran in a worker than in the caller, as the
-        # last call that measured both saw it (a ratio: items vary by call).
-        self.worker_ratio: float | None = history.get("ratio")
+        # last call that measured both saw it (a ratio: items vary by call),
+        # else as the latest calls on each side saw it (a call with
+        # backend="process" measures only the workers' side).
+        ratio, workers, caller = history.get("ratio"), history.get("process"), history.get("serial")
+        self.worker_ratio = ratio if ratio or not (workers and caller) else workers / caller
         self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
         self._transfer: tuple[float, int] | None = None
         self.unsendable: BaseException | None = None
@@ -257,8 +234,11 @@ class Probe:
             # only if they do not win (a 1 MB item's two round trips took
             # ~3 ms of a 50 ms call that threads won).
             return True
-        serial, parallel = projections(remaining, cost, self.transfer, self.pool,
-                                       self.pool_item_cost(cost))
+        worker_cost = self.pool_item_cost(cost)
+        serial, parallel = projections(remaining, cost, 0.0, self.pool, worker_cost)
+        if parallel > CLEAR_WIN * serial:  # a pool loses clearly, even moving items for free
+            return True
+        serial, parallel = projections(remaining, cost, self.transfer, self.pool, worker_cost)
         if serial > CLEAR_WIN * parallel or parallel > CLEAR_WIN * serial:
             return True
         return elapsed >= max(PROBE_FLOOR, PROBE_SHARE * (serial + elapsed))
@@ -287,14 +267,20 @@ class Probe:
                 return Verdict(None, lambda: f"1 worker ({pool.why_workers})", cost)
             worker_cost = self.pool_item_cost(cost)
             threads, threaded = self._threaded(remaining, cost)
-            if threaded is not None:  # threads win even against a pool that moves items free?
-                serial, free = projections(remaining, cost, 0.0, pool, worker_cost)
-                if threads_win(threaded, serial, free):
-                    return Verdict(0, lambda: (
-                        f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
+            serial, free = projections(remaining, cost, 0.0, pool, worker_cost)
+
+            def before_moving() -> str:
+                return (f"{probed()}; {remaining} left: serial ≈ {format_seconds(serial)}, "
                         f"{pool.workers} workers ≥ {format_seconds(free)} (pool start "
                         f"~{format_seconds(pool.startup)}, before moving any item)"
-                        f"{self._threads_text(threads, threaded)}"), cost, "thread", threads)
+                        f"{self._threads_text(threads, threaded)}")
+            # Threads win even against a pool that moves items for free, or
+            # such a pool loses to serial: the transfer need not be measured
+            # (a 720 KB array's pickling took ~3 ms of a 45 ms call).
+            if threaded is not None and threads_win(threaded, serial, free):
+                return Verdict(0, before_moving, cost, "thread", threads)
+            if free * MARGIN >= serial:
+                return Verdict(None, before_moving, cost)
             transfer = self.transfer
             serial, parallel = projections(remaining, cost, transfer, pool, worker_cost)
 
