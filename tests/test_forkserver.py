@@ -51,3 +51,27 @@ def test_the_main_script_runs_only_in_the_caller_and_its_libraries_are_preloaded
     assert facts["preloaded"]  # each worker found the script's library loaded
     assert facts["server"] is not None
     assert facts["shared_server"] is None  # multiprocessing's own server was never started
+
+
+def _run(code: str) -> str:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
+                          text=True, timeout=50, check=True).stdout.strip()
+
+
+@pytest.mark.timeout(60)
+def test_cloudpickle_is_loaded_where_functions_travel_by_value_only() -> None:
+    # A worker's modules do not import cloudpickle (~17 ms of every fork
+    # server's and spawned worker's start); a by-value payload imports it.
+    assert _run("""
+        import sys
+        import parloop.backends.process.worker, parloop.backends.process.server_init
+        print("cloudpickle" in sys.modules)
+    """) == "False"
+    # The fork server preloads it when the main module defines functions
+    # (they go by value), and not otherwise.
+    check = """
+        from parloop.backends.process import launch
+        print("cloudpickle" in launch.libraries_of_main())
+    """
+    assert _run("def work(x):\n    return x\n" + textwrap.dedent(check)) == "True"
+    assert _run("import json\n" + textwrap.dedent(check)) == "False"

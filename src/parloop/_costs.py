@@ -16,7 +16,6 @@ import sys
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import _memory
@@ -90,18 +89,27 @@ def record_startup(key: str, workers: int, seconds: float) -> None:
         _STARTUP[key] = (fixed, max(0.0, seconds - fixed) / max(1, workers))
 
 
-@dataclass
 class PoolCost:
     """What a pool would cost this call. Finding out reads the CPU limits and
     the pool registry (~0.5 ms the first time), so the probe asks only once
-    the work is big enough that a pool might win."""
+    the work is big enough that a pool might win. (Not a dataclass: this
+    module is imported by every worker and fork server, and dataclasses
+    with inspect costs ~9 ms of a start.)"""
 
-    workers: int
-    startup: float  # seconds to start it; 0 when a warm pool waits
-    why_workers: str = ""  # where the worker count came from, when it is 1
-    #: the pool starts in the background (forkserver, spawn) while the caller
-    #: goes on running items, so its start-up is not time lost
-    overlap: bool = False
+    __slots__ = ("overlap", "startup", "why_workers", "workers")
+
+    def __init__(self, workers: int, startup: float, why_workers: str = "",
+                 overlap: bool = False) -> None:
+        self.workers = workers
+        self.startup = startup  # seconds to start it; 0 when a warm pool waits
+        self.why_workers = why_workers  # where the worker count came from, when it is 1
+        #: the pool starts in the background (forkserver, spawn) while the
+        #: caller goes on running items, so its start-up is not time lost
+        self.overlap = overlap
+
+    def __repr__(self) -> str:
+        return (f"PoolCost(workers={self.workers}, startup={self.startup!r}, "
+                f"why_workers={self.why_workers!r}, overlap={self.overlap})")
 
 
 def pool_cost(options: Options, workers: int, warm: bool, server_coming: bool = False) -> PoolCost:

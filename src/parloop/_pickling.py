@@ -30,8 +30,6 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import cloudpickle
-
 from .errors import UnpicklableError, short_repr
 
 __all__ = ["dumps", "explain_unpicklable", "is_wrapper", "loads", "mentions_main", "open_memmap",
@@ -198,36 +196,52 @@ def plain_dumps(value: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any
     return buffer.getvalue()
 
 
-class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-    def reducer_override(self, obj: Any) -> Any:
-        numpy = sys.modules.get("numpy")
-        if numpy is not None and isinstance(obj, getattr(numpy, "ndarray", ())) \
-                and _mapped_owner(obj, numpy) is not None:
-            return _reduce_mapped(obj)
-        if is_wrapper(obj):
-            ref = _reference(obj.__wrapped__)
-            if ref is not None:
-                return load_wrapper, ref
-        elif isinstance(obj, types.FunctionType):
-            ref = _reference(obj)
-            if ref is not None:
-                return load_unwrapped, ref
-        elif type(obj) is types.CodeType:
-            return self._code(obj)
-        return super().reducer_override(obj)
+_pickler: Any = None  # made on first use (see _cloud_pickler)
 
-    def _code(self, code: types.CodeType) -> Any:
-        """cloudpickle's reduction of a code object, with its file name kept.
-        cloudpickle writes "<dynamic-code>" instead (for payloads that do
-        not depend on where a function was defined); a worker's traceback
-        then shows no source lines, and ``inspect.getsourcefile`` (which
-        joblib.Memory keys a ``__main__`` function's cache by) no file."""
-        reduce = self.dispatch_table.get(types.CodeType)
-        if reduce is None:
-            return NotImplemented
-        rebuild, args = reduce(code)
-        return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg
-                              for arg in args)
+
+def _cloud_pickler() -> Any:
+    """cloudpickle's Pickler with parloop's overrides, made on first use:
+    cloudpickle's import (with dataclasses, inspect, platform) is ~17 ms of a
+    fork server's or a spawned worker's start, and a worker whose results
+    all pickle plainly never needs it (a by-value payload it loads imports
+    cloudpickle by itself)."""
+    global _pickler
+    if _pickler is None:
+        import cloudpickle
+
+        class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            def reducer_override(self, obj: Any) -> Any:
+                numpy = sys.modules.get("numpy")
+                if numpy is not None and isinstance(obj, getattr(numpy, "ndarray", ())) \
+                        and _mapped_owner(obj, numpy) is not None:
+                    return _reduce_mapped(obj)
+                if is_wrapper(obj):
+                    ref = _reference(obj.__wrapped__)
+                    if ref is not None:
+                        return load_wrapper, ref
+                elif isinstance(obj, types.FunctionType):
+                    ref = _reference(obj)
+                    if ref is not None:
+                        return load_unwrapped, ref
+                elif type(obj) is types.CodeType:
+                    return self._code(obj)
+                return super().reducer_override(obj)
+
+            def _code(self, code: types.CodeType) -> Any:
+                """cloudpickle's reduction of a code object, with its file name kept.
+                cloudpickle writes "<dynamic-code>" instead (for payloads that do
+                not depend on where a function was defined); a worker's traceback
+                then shows no source lines, and ``inspect.getsourcefile`` (which
+                joblib.Memory keys a ``__main__`` function's cache by) no file."""
+                reduce = self.dispatch_table.get(types.CodeType)
+                if reduce is None:
+                    return NotImplemented
+                rebuild, args = reduce(code)
+                return rebuild, tuple(code.co_filename if arg == "<dynamic-code>" else arg
+                                      for arg in args)
+
+        _pickler = _Pickler
+    return _pickler
 
 
 def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None = None) -> bytes:
@@ -235,7 +249,7 @@ def dumps(obj: Any, buffer_callback: Callable[[pickle.PickleBuffer], Any] | None
     by value otherwise, unwrapping parloop wrappers. ``buffer_callback`` as
     for ``pickle.dumps`` (protocol 5 buffers kept out of band)."""
     buffer = io.BytesIO()
-    _Pickler(buffer, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
+    _cloud_pickler()(buffer, protocol=PROTOCOL, buffer_callback=buffer_callback).dump(obj)
     return buffer.getvalue()
 
 
