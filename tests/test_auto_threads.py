@@ -126,8 +126,15 @@ def test_long_cpu_bound_items_are_tried_on_threads_only_when_it_can_pay() -> Non
     assert probed(0.05, 8, seen=1).trial_size(1) == 0
     # Items that mostly wait are tried: threads may beat two workers many times.
     assert probed(0.05, 8, cpu_share=0.05, seen=1).trial_size(1) > 0
-    # Shorter items are tried as before.
+    # Shorter items are tried as before...
     assert probed(5e-3, 64, seen=1).trial_size(1) > 0
+    # ... unless they are few: a trial of 2 of 5 items of 16 ms left would
+    # run at one thread's pace for the GIL-holding Python that most code is,
+    # where a pool runs the rest in 3 rounds: the pool, at once.
+    few = probed(0.016, 6, seen=1)
+    assert few.trial_size(1) == 0
+    assert few.verdict(1).serial_more == 0 and few.verdict(1).backend == "process"
+    assert probed(0.016, 6, cpu_share=0.05, seen=1).trial_size(1) > 0  # waiting items: tried
     # The next call knows the items are long and CPU-bound and cheap to move: no probe.
     history = {"serial": 0.05, "process": 0.05, "share": 1.0, "transfer": 1e-6}
     verdict = from_history(8, history, warm_pool, threads=True)
@@ -211,9 +218,13 @@ def test_workers_measured_by_an_explicit_process_call_count_too() -> None:
     assert probe.verdict(3).serial_more is None
     # Without that history the same numbers go to the warm pool.
     assert probed(0.7e-3, 64, threads=False).verdict(3).serial_more == 0
+    # Not when the caller's latest items were of another size: 50 ms items
+    # now, after a call of 0.7 ms ones, say nothing of a worker's speed.
+    assert probed(0.05, 64, threads=False, history=history).pool_item_cost(0.05) == 0.05
     # A ratio measured within one call is the better number, and is kept.
     history["ratio"] = 1.1
-    assert probed(0.7e-3, 64, threads=False, history=history).worker_ratio == 1.1
+    probe = probed(0.7e-3, 64, threads=False, history=history)
+    assert probe.pool_item_cost(0.7e-3) == pytest.approx(0.77e-3)
 
 
 class _CountsPickling:

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 
@@ -81,3 +84,28 @@ def test_idle_threads_are_not_handed_out_in_a_forked_child() -> None:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+@pytest.mark.timeout(60)
+def test_idle_threads_do_not_keep_a_pool_from_forking() -> None:
+    # A trial's helper waits, idle, after a call that stayed serial; the
+    # next process pool still forks (the helper ends first: CPython 3.12+
+    # warns about forking a process with threads, here made an error).
+    script = textwrap.dedent("""
+        import threading, time
+        from parloop import _threadpool, parallel_for
+        from parloop._cpu import default_start_method
+        helper = _threadpool.take(1)[0]
+        ran = threading.Event()
+        helper.run(ran.set)
+        assert ran.wait(10)
+        while not _threadpool.idle_threads():
+            time.sleep(0.01)
+        assert default_start_method() == "fork", default_start_method()
+        print(parallel_for(abs, backend="process", workers=2)([-1, -2, -3]),
+              len(_threadpool.idle_threads()))
+    """)
+    out = subprocess.run([sys.executable, "-W", "error::DeprecationWarning", "-c", script],
+                         capture_output=True, text=True, timeout=50)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1, 2, 3] 0"  # forked, with the idle helper gone

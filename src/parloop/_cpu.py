@@ -154,7 +154,11 @@ def default_start_method() -> str:
         return chosen
     if sys.platform != "linux":
         return "spawn"
-    return "fork" if thread_count() == 1 else "forkserver"
+    # parloop's own idle threads do not count: they end before a fork
+    # (_threadpool.stop_idle), as a thread trial's helper waits there.
+    from ._threadpool import idle_count
+
+    return "fork" if thread_count() - idle_count() <= 1 else "forkserver"
 
 
 _planned_at = -1.0

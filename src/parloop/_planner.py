@@ -88,11 +88,11 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         # How much slower an item ran in a worker than in the caller, as the
-        # last call that measured both saw it (a ratio: items vary by call),
-        # else as the latest calls on each side saw it (a call with
-        # backend="process" measures only the workers' side).
-        ratio, workers, caller = history.get("ratio"), history.get("process"), history.get("serial")
-        self.worker_ratio = ratio if ratio or not (workers and caller) else workers / caller
+        # last call that measured both saw it (a ratio: items vary by call).
+        self.worker_ratio: float | None = history.get("ratio")
+        # The latest seconds per item on each side, from different calls (a
+        # call with backend="process" measures only the workers' side).
+        self._sides = (history.get("process"), history.get("serial"))
         self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
         self._transfer: tuple[float, int] | None = None
         self.unsendable: BaseException | None = None
@@ -168,7 +168,17 @@ class Probe:
         """One item's seconds in a worker: the caller's, times the CPUs it
         used here (a worker caps BLAS at its share of the CPUs), or times
         how much slower workers ran the function's items before, if more."""
-        return cost * max(self.cores_used(), self.worker_ratio or 1.0)
+        return cost * max(self.cores_used(), self.worker_ratio or self._side_ratio(cost))
+
+    def _side_ratio(self, cost: float) -> float:
+        """Workers over caller from the two sides' latest calls, when the
+        caller's were items like these (within 2x of ``cost``): from calls of
+        other sizes the ratio means nothing (0.05 s items over a tiny call's
+        read 60x). Else 1."""
+        workers, caller = self._sides
+        if workers and caller and 0.5 <= cost / caller <= 2.0:
+            return workers / caller
+        return 1.0
 
     def trial_size(self, seen: int) -> int:
         """How many items to run on two threads at once next (0: none): only
@@ -376,11 +386,13 @@ def threads_win(threaded: float, serial: float, parallel: float) -> bool:
 
 def trial_cannot_pay(size: int, cost: float, share: float, remaining: int,
                      transfer: Callable[[], float], pool: PoolCost) -> bool:
-    """A thread trial of ``size`` items is not worth it: for CPU-bound items
-    of LONG_ITEM or more, threads beat a process pool only by its start and
-    the moving of items (``transfer()``, read only then), while a trial of
-    code holding the GIL costs half its items' time (8 x 50 ms lost an item
-    to it on a first call). Items that mostly wait are always tried."""
-    if cost < LONG_ITEM or share < _threads.WAITING:
+    """A thread trial of ``size`` items is not worth it: threads would beat
+    a process pool only by its start and the moving of items (``transfer()``,
+    read only then), less than the half of the trial's items' time that
+    code holding the GIL would lose. Asked for CPU-bound items of LONG_ITEM
+    or more (8 x 50 ms lost an item to a trial), and for a trial that would
+    take over a quarter of the items left (6 x 16 ms ran serially after a
+    trial of 2). Items that mostly wait are always tried."""
+    if share < _threads.WAITING or (cost < LONG_ITEM and 4 * size <= remaining):
         return False
     return size * cost / 2 > pool.startup + LATENCY + remaining * transfer() / pool.workers

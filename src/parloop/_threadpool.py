@@ -24,7 +24,8 @@ try:  # queue.SimpleQueue is this C class; importing queue costs ~0.3 ms more
 except ImportError:  # pragma: no cover - not CPython
     from queue import Empty, SimpleQueue
 
-__all__ = ["IDLE_SECONDS", "Empty", "SimpleQueue", "Worker", "idle_threads", "take"]
+__all__ = ["IDLE_SECONDS", "Empty", "SimpleQueue", "Worker", "idle_count", "idle_threads",
+           "stop_idle", "take"]
 
 IDLE_SECONDS = 30.0  # an idle thread ends after this long without a task
 _idle: list[Worker] = []  # the most recently idle last
@@ -84,6 +85,22 @@ def _forget_all() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_all)
+
+
+def stop_idle() -> None:
+    """End every idle thread, and wait for it (before a fork: a process
+    with threads is forked at its own risk, and CPython 3.12+ warns)."""
+    with _lock:
+        stopping, _idle[:] = list(_idle), []
+    for worker in stopping:
+        worker._tasks.put(None)
+    for worker in stopping:
+        worker.thread.join(1.0)
+
+
+def idle_count() -> int:
+    with _lock:
+        return len(_idle)
 
 
 def idle_threads() -> list[threading.Thread]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from multiprocessing import util
 from typing import Any, NamedTuple, Protocol
 
+from ... import _threadpool
 from ...errors import short_repr
 from .._runner import IDLE, PREPARING
 from ..base import Chunk
@@ -112,6 +113,7 @@ def start(method: str, threads: int, idle_timeout: float, slot: int = 0) -> Work
     try:
         if method == "fork":
             holds = inherit.holding()  # the running calls' arguments it will have
+            _threadpool.stop_idle()  # parloop's own idle threads never make a fork unsafe
         process.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
