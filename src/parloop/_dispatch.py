@@ -34,7 +34,7 @@ cancel path; Ctrl-C also kills the pool's workers.
 
 from __future__ import annotations
 
-import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
@@ -64,7 +64,15 @@ __all__ = ["Ledger", "run"]
 Ledger = Callable[[int, "list[Any]"], None]
 
 # The library only emits records; configuring handlers is the application's call.
-logger = logging.getLogger("parloop")
+
+
+def _log(level: str, message: str, *args: Any) -> None:
+    """A record on the "parloop" logger (``level``: "DEBUG", "INFO"). Without
+    logging imported nobody can have asked for one, and importing it is
+    ~5 ms of a first call."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        logging.getLogger("parloop").log(getattr(logging, level), message, *args)
 
 
 def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
@@ -103,8 +111,7 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
         if progress is not None:
             progress.close()
         call.stats.finish(call.plan, call.source.index, fn)
-        if logger.isEnabledFor(logging.DEBUG):
-            logger.debug("%s: %s", _name(fn), call.plan)
+        _log("DEBUG", "%s: %s", _name(fn), call.plan)
         record(call.plan)
     if failed is not None:
         raise failed
@@ -280,7 +287,7 @@ class _Call:
         problem = self.loop.unpicklable or self._unpicklable()
         if problem is not None:
             plan.reason = f"cannot send the work to a process ({problem}); ran serially"
-            logger.info("%s: fell back to serial: %s", _name(self.job.fn), problem)
+            _log("INFO", "%s: fell back to serial: %s", _name(self.job.fn), problem)
             warn(f"parloop: {plan.reason}. Use backend='thread' to run it in threads, or "
                  "make it picklable.", ParloopWarning)
             return

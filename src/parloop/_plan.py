@@ -4,7 +4,6 @@ the units its numbers print in."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
 from typing import Any
 
 __all__ = ["Plan", "Reason", "format_seconds"]
@@ -39,29 +38,50 @@ class Reason:
         return repr(str(self))
 
 
-@dataclass
-class Plan:
-    """How a call ran, and why. ``str(plan)`` is one readable line."""
+_FIELDS = ("backend", "workers", "chunksize", "items", "wall_seconds", "caller_seconds",
+           "worker_seconds", "slowest", "per_item", "restored", "stored", "checkpoint",
+           "teardown_results")
 
-    backend: str
-    workers: int
-    chunksize: int | None
-    why: Reason = field(default_factory=lambda: Reason(""), repr=False, compare=False)
-    items: int = 0
-    wall_seconds: float = 0.0
-    caller_seconds: float = 0.0
-    worker_seconds: dict[str, float] = field(default_factory=dict)
-    slowest: list[tuple[int, float]] = field(default_factory=list)
-    #: seconds per item as this call measured them (the next call's first guess)
-    per_item: float | None = None
-    #: with ``checkpoint=``: results read back from it, results stored in it, its file
-    restored: int = 0
-    stored: int = 0
-    checkpoint: str | None = None
-    #: with ``teardown=``: what each state's teardown returned (or raised,
-    #: with ``errors="return"``): the caller's first, when it ran items, then
-    #: the workers' in ``worker_id()`` order
-    teardown_results: list[Any] = field(default_factory=list)
+
+class Plan:
+    """How a call ran, and why. ``str(plan)`` is one readable line. (A plain
+    class, not a dataclass: dataclasses with inspect is ~8 ms of a first
+    call's import, more than a tiny call may cost.)"""
+
+    __slots__ = (*_FIELDS, "why")
+
+    def __init__(self, backend: str, workers: int, chunksize: int | None,
+                 why: Reason | None = None, items: int = 0, wall_seconds: float = 0.0,
+                 caller_seconds: float = 0.0, worker_seconds: dict[str, float] | None = None,
+                 slowest: list[tuple[int, float]] | None = None, per_item: float | None = None,
+                 restored: int = 0, stored: int = 0, checkpoint: str | None = None,
+                 teardown_results: list[Any] | None = None) -> None:
+        self.backend = backend
+        self.workers = workers
+        self.chunksize = chunksize
+        self.why = Reason("") if why is None else why
+        self.items = items
+        self.wall_seconds = wall_seconds
+        self.caller_seconds = caller_seconds
+        self.worker_seconds: dict[str, float] = {} if worker_seconds is None else worker_seconds
+        self.slowest: list[tuple[int, float]] = [] if slowest is None else slowest
+        #: seconds per item as this call measured them (the next call's first guess)
+        self.per_item = per_item
+        #: with ``checkpoint=``: results read back from it, results stored in it, its file
+        self.restored = restored
+        self.stored = stored
+        self.checkpoint = checkpoint
+        #: with ``teardown=``: what each state's teardown returned (or raised,
+        #: with ``errors="return"``): the caller's first, when it ran items, then
+        #: the workers' in ``worker_id()`` order
+        self.teardown_results: list[Any] = [] if teardown_results is None else teardown_results
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in _FIELDS)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass would be
 
     @property
     def reason(self) -> str:
@@ -73,7 +93,7 @@ class Plan:
         self.why = value if isinstance(value, Reason) else Reason(value)
 
     def __repr__(self) -> str:
-        shown = [f"{f.name}={getattr(self, f.name)!r}" for f in fields(self) if f.repr]
+        shown = [f"{name}={getattr(self, name)!r}" for name in _FIELDS]
         return f"Plan({', '.join(shown[:3])}, reason={self.reason!r}, {', '.join(shown[3:])})"
 
     def __str__(self) -> str:
