@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 import time
 from typing import Any
 
@@ -87,6 +88,38 @@ def test_a_threads_warm_up_does_not_count_against_threads() -> None:
     # One item per thread leaves no steady part: the whole trial decides.
     short = Trial(items[:2], 0.7e-3, 1.4e-3, 1.4e-3, [_marks([0.7e-3])] * 2)
     assert short.steady() is None and short.speedup(0.7e-3) == pytest.approx(2.0)
+
+
+def test_a_warm_up_that_spoils_the_whole_trial_is_seen() -> None:
+    # A new thread's first NumPy product took ~8.7 ms of CPU where the rest
+    # took ~0.8 ms: by then the caller had finished its half, so no part of
+    # the trial had both threads warm, and the whole trial read 0.7x.
+    helper = _marks([8.7e-3] + [0.8e-3] * 8)
+    caller = _marks([1.1e-3, 1.5e-3, 2.0e-3] + [0.9e-3] * 6)
+    spoilt = Trial([(None, None)] * 18, helper[-1][0], 0.0, 0.0, [caller, helper])
+    assert spoilt.steady() is None and spoilt.speedup(0.8e-3) < THREADS_GAIN
+    assert spoilt.warmed_up()  # so the probe runs a second round, on the warm thread
+    even = Trial([(None, None)] * 18, 8e-3, 0.0, 0.0, [_marks([0.8e-3] * 9)] * 2)
+    assert not even.warmed_up()
+
+
+@pytest.mark.timeout(60)
+def test_a_second_trial_round_runs_after_a_spoilt_one() -> None:
+    # Real threads: each new thread's first item sleeps 30 ms, later ones
+    # 2 ms; the helper thread of the first round is warm for the second.
+    warmed: set[int] = set()
+
+    def item(_: int) -> int:
+        ident = threading.get_ident()
+        time.sleep(0.002 if ident in warmed or ident == threading.main_thread().ident
+                   else 0.03)
+        warmed.add(ident)
+        return ident
+
+    fn = parallel_for(item)
+    fn(range(200))
+    plan = fn.last_plan
+    assert plan is not None and plan.backend == "thread", plan.reason
 
 
 def test_thread_counts() -> None:

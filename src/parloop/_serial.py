@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from ._headstart import HeadStart
@@ -133,16 +133,17 @@ class SerialLoop:
         self.source.index = start + len(chunk)
         return batch, None
 
-    def _trial(self, probe: Probe, size: int) -> Iterator[list[Any]]:
+    def _trial(self, probe: Probe, size: int) -> Generator[list[Any], None, bool]:
         """Run the next ``size`` items on two threads at once (see
         ``_threads``), tell ``probe`` what that showed, and settle them in
-        order, as the serial loop would have."""
+        order, as the serial loop would have. False: a thread's warm-up
+        spoilt it (see ``Trial.warmed_up``)."""
         start = self.source.index
         items, error = self.source.take(size)
         if not items:
             if error is not None:
                 raise error
-            return
+            return True
         trial = run_trial(self.call, items)
         probe.note_trial(trial)
         # A trial shorter than TRIAL_SURE decides this call only: two items of
@@ -164,6 +165,7 @@ class SerialLoop:
         yield from self._emit(batch, start)
         if error is not None:
             raise error
+        return trial.failed or trial.steady() is not None or not trial.warmed_up()
 
     def _emit(self, batch: list[Any], start: int) -> Iterator[list[Any]]:
         """``batch``, the results of items ``start``, ``start + 1``..., out."""
@@ -219,7 +221,10 @@ class SerialLoop:
                     head is not None and not head.closed and probe.parallel(source.index)):
                 # With a head start's pool to come, the caller runs items until it is up.
                 size = probe.trial_size(source.index) if head is None or head.closed else 0
-                if size:
+                if size and not (yield from self._trial(probe, size)) \
+                        and source.remaining is not None and source.remaining >= 2 * size:
+                    # The helper's warm-up left no part of the trial with both
+                    # threads warm: once more, on the same thread, warm now.
                     yield from self._trial(probe, size)
                 break
         if head is not None and not self.head_started and head.close() is not None:

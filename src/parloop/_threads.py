@@ -26,6 +26,7 @@ once per function per process (the history keeps its speedup).
 
 from __future__ import annotations
 
+import itertools
 import math
 import sys
 import time
@@ -55,6 +56,7 @@ TRIAL_MIN_ITEM = 10e-6
 #: items that must finish while both threads of a trial are past their
 #: first for that part alone to decide (each end of it may count one off)
 STEADY_ITEMS = 8
+WARM_UP = 3.0  # a thread's first item this many times slower than its others: a warm-up
 
 
 def gil_enabled() -> bool:
@@ -141,6 +143,17 @@ class Trial:
         if done < STEADY_ITEMS or end <= begin:
             return None
         return done / (end - begin), cpu / (end - begin)
+
+
+    def warmed_up(self) -> bool:
+        """A thread's first item took over WARM_UP times its later ones'
+        median: a warm-up (a new thread's first NumPy product took ~8 ms
+        instead of ~0.8 ms here) that may have left no steady part."""
+        for marks in self.marks:
+            times = [after[0] - before[0] for before, after in itertools.pairwise(marks)]
+            if len(times) >= 3 and times[0] > WARM_UP * sorted(times[1:])[len(times[1:]) // 2]:
+                return True
+        return False
 
 
 def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException],
