@@ -122,6 +122,14 @@ def test_a_second_trial_round_runs_after_a_spoilt_one() -> None:
     assert plan is not None and plan.backend == "thread", plan.reason
 
 
+def test_a_sleeping_item_is_not_cpu_bound_because_blas_threads_spin_meanwhile() -> None:
+    # 5 ms sleeps, while idle OpenBLAS threads spin after earlier NumPy work:
+    # the process used a CPU, the calling thread almost none.
+    probe = probed(5e-3, 64, cpu_share=1.0)
+    probe.thread_cpu = [1e-5] * len(probe.times)
+    assert probe.cpu_share() < 0.01
+
+
 def test_thread_counts() -> None:
     assert thread_count(2, 1.0, 1000) == 2  # CPU-bound: one per CPU
     assert thread_count(2, 0.0, 1000) == MAX_THREADS  # it only waits

@@ -28,10 +28,6 @@ def _nap_and_note(index: int) -> int:
 @pytest.mark.timeout(60)
 def test_the_trials_helper_thread_runs_the_rest_of_the_call() -> None:
     RAN_ON.clear()
-    # OpenBLAS threads that an earlier test's NumPy work woke spin for a while
-    # after it, and the probe reads the process's CPU time: a sleeping item
-    # would look CPU-bound (a known weakness of the CPU share; see README).
-    time.sleep(0.3)
     fn = parallel_for(_nap_and_note)
     assert fn(range(80)) == list(range(80))
     plan = fn.last_plan

@@ -84,6 +84,7 @@ class Probe:
         self.clock = clock
         self.times: list[float] = []
         self.cpu: list[float] = []  # the process's CPU seconds per item (BLAS threads too)
+        self.thread_cpu: list[float] = []  # the calling thread's own CPU seconds per item
         self.threads = threads  # threads may be tried and chosen (thread_safe=True)
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
@@ -160,8 +161,10 @@ class Probe:
         return min(max(1.0, used), float(max(1, self.pool.workers)))
 
     def cpu_share(self) -> float:
-        """CPU seconds per wall second of the median item (under 0.5: it mostly waits)."""
-        shares = sorted(c / t for c, t in zip(self.cpu, self.times, strict=False) if t > 0)
+        """The calling thread's CPU seconds per wall second of the median item (under
+        0.5: it mostly waits); not the process's, which idle BLAS threads inflate."""
+        own = self.thread_cpu or self.cpu
+        shares = sorted(c / t for c, t in zip(own, self.times, strict=False) if t > 0)
         return shares[len(shares) // 2] if shares else 1.0
 
     def pool_item_cost(self, cost: float) -> float:
@@ -171,10 +174,8 @@ class Probe:
         return cost * max(self.cores_used(), self.worker_ratio or self._side_ratio(cost))
 
     def _side_ratio(self, cost: float) -> float:
-        """Workers over caller from the two sides' latest calls, when the
-        caller's were items like these (within 2x of ``cost``): from calls of
-        other sizes the ratio means nothing (0.05 s items over a tiny call's
-        read 60x). Else 1."""
+        """Workers over caller from the two sides' latest calls, when the caller's
+        were items within 2x of ``cost`` (0.05 s items over a tiny call's read 60x)."""
         workers, caller = self._sides
         if workers and caller and 0.5 <= cost / caller <= 2.0:
             return workers / caller

@@ -185,7 +185,7 @@ class SerialLoop:
         probe ends with ``head_started`` set and no verdict."""
         probe = Probe(self.source.total, pool, threads=self.threads, history=self.history)
         call, source, clock = self.call, self.source, time.perf_counter
-        cpu_clock = time.process_time
+        cpu_clock, thread_clock = time.process_time, time.thread_time
         self.verdict = None
         while True:
             index = source.index
@@ -203,7 +203,7 @@ class SerialLoop:
                 head.arm()
             # The CPU clock outside the wall clock: reading it costs ~0.5 µs,
             # as much as a whole item of x*x.
-            cpu_began = cpu_clock()
+            cpu_began, thread_began = cpu_clock(), thread_clock()
             began = clock()
             try:
                 result = call(item)
@@ -211,6 +211,7 @@ class SerialLoop:
                 result = self.policy.settle(call, item, exc, index)
             probe.times.append(clock() - began)
             probe.cpu.append(cpu_clock() - cpu_began)
+            probe.thread_cpu.append(thread_clock() - thread_began)
             self.stats.note_item(probe.times[-1], index)
             if index == 0:
                 probe.keep_first(item, result)
