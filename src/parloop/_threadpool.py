@@ -47,6 +47,10 @@ class Worker:
         """Run ``task`` on this thread (its exceptions are its own to catch)."""
         self._tasks.put(task)
 
+    def stop(self) -> None:
+        """End the thread once its current task, if any, is done."""
+        self._tasks.put(None)
+
     def _serve(self) -> None:
         while True:
             try:
@@ -93,7 +97,7 @@ def stop_idle() -> None:
     with _lock:
         stopping, _idle[:] = list(_idle), []
     for worker in stopping:
-        worker._tasks.put(None)
+        worker.stop()
     for worker in stopping:
         worker.thread.join(1.0)
 
