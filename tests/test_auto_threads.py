@@ -19,7 +19,8 @@ from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
 from parloop._known import from_history
 from parloop._planner import MARGIN, THREADS_GAIN, PoolCost, Probe
-from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, thread_count
+from parloop._threads import (MAX_THREADS, Trial, parallel_share, projected_speedup, run_trial,
+                              thread_count)
 
 # -- synthetic -------------------------------------------------------------------------------
 
@@ -101,6 +102,48 @@ def test_a_warm_up_that_spoils_the_whole_trial_is_seen() -> None:
     assert spoilt.warmed_up()  # so the probe runs a second round, on the warm thread
     even = Trial([(None, None)] * 18, 8e-3, 0.0, 0.0, [_marks([0.8e-3] * 9)] * 2)
     assert not even.warmed_up()
+
+
+def test_a_trial_shares_its_items_so_a_late_helper_costs_no_wait() -> None:
+    # Real threads. The helper first loads what the pool would need (here a
+    # 30 ms stand-in); the caller meanwhile runs the items the helper would
+    # have had, instead of waiting for it at the end. Results stay in order.
+    loaded: list[str] = []
+
+    def ready() -> None:
+        loaded.append(threading.current_thread().name)
+        time.sleep(0.03)
+
+    def item(x: int) -> tuple[int, str]:
+        time.sleep(0.002)
+        return x * x, threading.current_thread().name
+
+    result = run_trial(item, list(range(10)), ready=ready)
+    assert [value for (value, _), _exc in result.results] == [x * x for x in range(10)]
+    runners = [name for (_, name), _exc in result.results]
+    assert loaded and loaded[0] != threading.current_thread().name
+    assert runners.count(threading.current_thread().name) >= 9  # the helper was loading
+    assert result.lead >= 0.03 and result.wall < 0.045  # not 30 ms + half of 20 ms
+
+
+def test_an_interrupted_trial_stops_the_helper_too() -> None:
+    # KeyboardInterrupt in the caller's item: the helper takes no further
+    # item (it used to run its whole half), and the interrupt reaches the caller.
+    ran: list[int] = []
+    mine = [0]
+
+    def item(x: int) -> int:
+        if threading.current_thread() is threading.main_thread():
+            mine[0] += 1
+            if mine[0] == 2:
+                raise KeyboardInterrupt
+        time.sleep(0.003)
+        ran.append(x)
+        return x
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(item, list(range(40)))
+    assert len(ran) < 10
 
 
 @pytest.mark.timeout(60)

@@ -3,6 +3,7 @@ first items while the planner decides."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -14,6 +15,7 @@ from ._planner import PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
 from ._threads import TRIAL_SURE, run_trial
+from .backends import load
 from .errors import stop_iteration_error
 
 __all__ = ["SerialLoop"]
@@ -144,7 +146,7 @@ class SerialLoop:
             if error is not None:
                 raise error
             return True
-        trial = run_trial(self.call, items)
+        trial = run_trial(self.call, items, ready=functools.partial(load, "thread"))
         probe.note_trial(trial)
         # A trial shorter than TRIAL_SURE decides this call only: two items of
         # a millisecond on each thread are too few to be sure for later calls.

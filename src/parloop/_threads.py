@@ -26,6 +26,8 @@ once per function per process (the history keeps its speedup).
 
 from __future__ import annotations
 
+import _thread
+import contextlib
 import itertools
 import math
 import sys
@@ -93,13 +95,15 @@ class Trial:
 
     def __init__(self, results: list[tuple[Any, BaseException | None]], wall: float,
                  cpu: float, thread_cpu: float | None = None,
-                 marks: list[list[tuple[float, float]]] | None = None) -> None:
+                 marks: list[list[tuple[float, float]]] | None = None,
+                 lead: float = 0.0) -> None:
         self.results = results  # (result, exception) per item, in input order
         self.wall = wall
         self.cpu = cpu  # the process's CPU seconds meanwhile
         self.thread_cpu = thread_cpu  # the two threads' own CPU seconds on the items
         # Per thread: (clock, its CPU clock) as it began, then after each item.
         self.marks = marks or []
+        self.lead = lead  # seconds the caller ran alone before the helper began
         self.failed = any(exc is not None for _, exc in results)
 
     def speedup(self, per_item: float, cpu_bound: bool = True) -> float:
@@ -113,10 +117,13 @@ class Trial:
         if steady is not None:
             rate, share = steady
             return min(rate * per_item, share) if cpu_bound else rate * per_item
-        wall = max(self.wall, 1e-9)
-        speedup = len(self.results) * per_item / wall
+        # The caller ran alone for ``lead``: about that much of the work (and
+        # of the CPU time) was one thread's, and the rest was both threads'.
+        lead = min(self.lead, 0.5 * self.wall)
+        wall = max(self.wall - lead, 1e-9)
+        speedup = max(0.0, len(self.results) * per_item - lead) / wall
         if cpu_bound and self.thread_cpu is not None:
-            speedup = min(speedup, self.thread_cpu / wall)
+            speedup = min(speedup, max(0.0, self.thread_cpu - lead) / wall)
         return speedup
 
     def steady(self) -> tuple[float, float] | None:
@@ -146,56 +153,90 @@ class Trial:
 
 
     def warmed_up(self) -> bool:
-        """A thread's first item took over WARM_UP times its later ones'
-        median: a warm-up (a new thread's first NumPy product took ~8 ms
-        instead of ~0.8 ms here) that may have left no steady part."""
-        for marks in self.marks:
-            times = [after[0] - before[0] for before, after in itertools.pairwise(marks)]
-            if len(times) >= 3 and times[0] > WARM_UP * sorted(times[1:])[len(times[1:]) // 2]:
-                return True
-        return False
+        """A thread's first item took over WARM_UP times the median of the
+        items after each thread's first: a warm-up (a new thread's first
+        NumPy product took ~8 ms instead of ~0.8 ms here) that may have left
+        no steady part. The items are shared, so a thread held up by its
+        first item may have run no other."""
+        later = sorted(after[0] - before[0] for marks in self.marks
+                       for before, after in itertools.pairwise(marks[1:]))
+        if len(later) < 2:
+            return False
+        typical = later[len(later) // 2]
+        return any(len(marks) >= 2 and marks[1][0] - marks[0][0] > WARM_UP * typical
+                   for marks in self.marks)
 
 
-def _run(call: Callable[[Any], Any], items: list[Any], catch: type[BaseException],
-         marks: list[list[tuple[float, float]]]) -> list[tuple[Any, BaseException | None]]:
-    """Run ``items`` here; this thread's marks (see ``Trial``) go to ``marks``."""
-    out: list[tuple[Any, BaseException | None]] = []
-    clock, cpu_clock = time.perf_counter, time.thread_time
-    mine = [(clock(), cpu_clock())]
-    for item in items:
+class _Shared:
+    """The trial's items, taken one at a time by whichever thread is free:
+    the two end together whatever the items cost, and a helper that starts
+    late (it loads the thread backend first) leaves its part to the caller
+    instead of keeping the caller waiting at the end."""
+
+    def __init__(self, items: list[Any]) -> None:
+        self.items = items
+        self.results: list[tuple[Any, BaseException | None]] = [(None, None)] * len(items)
+        self.marks: list[list[tuple[float, float]]] = []  # see Trial
+        self.stopped = False  # the caller was interrupted: take nothing more
+        self._next = 0
+        self._lock = _thread.allocate_lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            if self.stopped or self._next >= len(self.items):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def run(self, call: Callable[[Any], Any], catch: type[BaseException]) -> None:
+        """Run items here until none is left; this thread's marks go to ``marks``."""
+        clock, cpu_clock, results = time.perf_counter, time.thread_time, self.results
+        mine = [(clock(), cpu_clock())]
         try:
-            out.append((call(item), None))
-        except catch as exc:  # settled (or re-raised) by the caller, in order
-            out.append((None, exc))
-        mine.append((clock(), cpu_clock()))
-    marks.append(mine)
-    return out
+            while (index := self.take()) is not None:
+                try:
+                    results[index] = (call(self.items[index]), None)
+                except catch as exc:  # settled (or re-raised) by the caller, in order
+                    results[index] = (None, exc)
+                mine.append((clock(), cpu_clock()))
+        except BaseException:
+            self.stopped = True
+            raise
+        finally:
+            self.marks.append(mine)
 
 
-def run_trial(call: Callable[[Any], Any], items: list[Any]) -> Trial:
-    """Run the first half of ``items`` here and the second half on a helper
-    thread (from ``_threadpool``, which keeps it for the thread backend), at
-    once. An exception the helper met is returned in its item's place, like
-    any other; KeyboardInterrupt stops the caller's half only (the helper's
-    half is bounded by TRIAL_KEPT of work)."""
-    half = len(items) // 2
-    marks: list[list[tuple[float, float]]] = []
-    finished: SimpleQueue[list[tuple[Any, BaseException | None]]] = SimpleQueue()
+def run_trial(call: Callable[[Any], Any], items: list[Any],
+              ready: Callable[[], object] | None = None) -> Trial:
+    """Run ``items`` here and on a helper thread (from ``_threadpool``, which
+    keeps it for the thread backend) at once. The helper first calls
+    ``ready`` (loading the thread backend: ~1.5 ms the caller would
+    otherwise spend between the trial and the pool, with both CPUs idle).
+    An exception the helper met is returned in its item's place, like any
+    other; KeyboardInterrupt in the caller stops both."""
+    shared = _Shared(items)
+    finished: SimpleQueue[None] = SimpleQueue()
     helper = take(1)[0]
     clock, cpu_clock = time.perf_counter, time.process_time
     began, cpu_began = clock(), cpu_clock()
 
-    def their_half() -> None:
-        theirs: list[tuple[Any, BaseException | None]] = []
+    def their_part() -> None:
         try:
-            theirs = _run(call, items[half:], BaseException, marks)
+            if ready is not None:
+                with contextlib.suppress(Exception):  # the pool loads it again, and says why
+                    ready()
+            shared.run(call, BaseException)
         finally:
-            finished.put(theirs)  # the caller waits for it, whatever happened
+            finished.put(None)  # the caller waits for it, whatever happened
 
-    helper.run(their_half)
+    helper.run(their_part)
     try:
-        mine = _run(call, items[:half], Exception, marks)
+        shared.run(call, Exception)
     finally:
-        theirs = finished.get()
+        finished.get()
+    wall = clock() - began
+    marks = shared.marks
     thread_cpu = sum(thread[-1][1] - thread[0][1] for thread in marks)
-    return Trial(mine + theirs, clock() - began, cpu_clock() - cpu_began, thread_cpu, marks)
+    # The helper's late start (thread start, ``ready``) ran the caller alone.
+    lead = max(thread[0][0] for thread in marks) - began if len(marks) == 2 else 0.0
+    return Trial(shared.results, wall, cpu_clock() - cpu_began, thread_cpu, marks, lead)

@@ -17,7 +17,7 @@ from ..errors import BackendUnavailableError
 if TYPE_CHECKING:
     from .base import Backend, Settings
 
-__all__ = ["CHOICES", "REGISTRY", "BackendInfo", "create", "key", "prepare"]
+__all__ = ["CHOICES", "REGISTRY", "BackendInfo", "create", "key", "load", "prepare"]
 
 
 class BackendInfo(NamedTuple):
@@ -68,6 +68,11 @@ def create(name: str, workers: int, options: Settings) -> Backend:
         raise problem
     backend: Backend = importlib.import_module(info.module).create(workers, options)
     return backend
+
+
+def load(name: str) -> None:
+    """Import a backend's module ahead of its first use."""
+    importlib.import_module(REGISTRY[name].module)
 
 
 def prepare(name: str, options: Settings) -> None:

@@ -22,9 +22,7 @@ exception with the worker's traceback as its ``__cause__``.
 
 
 
-import copy
 import pickle
-import traceback
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -134,6 +132,8 @@ cloud_dumps = _pickling.dumps  # by value what plain pickle refuses, memmaps as 
 
 def capture(exc: BaseException) -> Captured:
     """``exc``, ready to cross to the caller."""
+    import traceback  # only on a failure: it costs every worker ~1 ms to import
+
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None  # tracebacks do not pickle; the text carries them
     blob: bytes | None = None
@@ -291,6 +291,8 @@ def decode(chunk: Chunk, done: Done, worker: str, load: Callable[[Any], Any] = p
 def failed_outcome(chunk: Chunk, start: int, error: BaseException,
                    end: int | None = None) -> Outcome:
     """Items ``start .. end - 1`` of ``chunk`` (to its end) all failed with ``error``."""
+    import copy
+
     stop = chunk.start + len(chunk.items) if end is None else end
     errors = {index: error if index == stop - 1 else copy.copy(error)
               for index in range(start, stop)}
