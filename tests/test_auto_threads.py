@@ -19,8 +19,7 @@ from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
 from parloop._known import from_history
 from parloop._planner import MARGIN, THREADS_GAIN, PoolCost, Probe
-from parloop._threads import (MAX_THREADS, Trial, parallel_share, projected_speedup, run_trial,
-                              thread_count)
+from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, run_trial, thread_count
 
 # -- synthetic -------------------------------------------------------------------------------
 

@@ -4,12 +4,13 @@ their caller or leaking into a forked child. ``process.py`` drives them."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
+import sys
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass, field
 from multiprocessing import util
 from typing import Any, NamedTuple, Protocol
 
@@ -18,23 +19,29 @@ from ...errors import short_repr
 from .._runner import IDLE, PREPARING
 from ..base import Chunk
 from . import inherit
-from . import launch as _launch
 from . import worker as _worker
 
-__all__ = ["Sent", "Worker", "crash_message", "live_pools", "start", "stop", "track"]
+__all__ = ["Sent", "Worker", "crash_message", "live_pools", "server_pid", "start", "stop",
+           "track"]
 
 
-@dataclass(eq=False)
 class Sent:
-    """A chunk sent to a worker and not yet fully reported."""
+    """A chunk sent to a worker and not yet fully reported. (Plain classes
+    here, not dataclasses: dataclasses with inspect was ~7 ms of the first
+    pool's start, on the way to its first item.)"""
 
-    chunk: Chunk
-    next_index: int  # items before this one have been reported
-    split: bool  # items pickled one by one (the worker unpickles each just before running it)
-    by_value: bool = False  # classes of __main__ among the items were sent by value
-    revoking: bool = False  # asked back (Revoke), no answer yet
-    started: bool = False  # the worker said it had started it: never asked back again
-    cancelled_at: float | None = None
+    __slots__ = ("by_value", "cancelled_at", "chunk", "next_index", "revoking", "split",
+                 "started")
+
+    def __init__(self, chunk: Chunk, next_index: int, split: bool, by_value: bool = False) -> None:
+        self.chunk = chunk
+        self.next_index = next_index  # items before this one have been reported
+        # items pickled one by one (the worker unpickles each just before running it)
+        self.split = split
+        self.by_value = by_value  # classes of __main__ among the items were sent by value
+        self.revoking = False  # asked back (Revoke), no answer yet
+        self.started = False  # the worker said it had started it: never asked back again
+        self.cancelled_at: float | None = None
 
     @property
     def end(self) -> int:
@@ -57,23 +64,29 @@ class Holding(NamedTuple):
         return self.phase == PREPARING
 
 
-@dataclass(eq=False)
 class Worker:
     """One worker process, its pipe, and what it holds."""
 
-    process: Any
-    pid: int
-    conn: Any
-    status: Any  # RawArray('d', 3): [phase, item index, job id]; see _worker
-    forked: bool = False  # a fork of this process: it has this process's __main__
-    ready: bool = False
-    assigned: int = 0  # items given to it so far (for max_items_per_worker)
-    server: int | None = None  # the fork server it came from, which reports its exit
-    slot: int = 0  # its worker_id(): a replacement takes the slot of the worker it replaces
-    holds: frozenset[int] = frozenset()  # jobs whose arguments it inherited by fork
-    jobs: set[int] = field(default_factory=set)
-    ending: set[int] = field(default_factory=set)  # jobs whose teardown it has yet to answer
-    inflight: deque[Sent] = field(default_factory=deque)
+    __slots__ = ("assigned", "conn", "ending", "forked", "holds", "inflight", "jobs", "pid",
+                 "process", "ready", "server", "slot", "status")
+
+    def __init__(self, process: Any, pid: int, conn: Any, status: Any, *, forked: bool = False,
+                 server: int | None = None, slot: int = 0,
+                 holds: frozenset[int] = frozenset()) -> None:
+        self.process = process
+        self.pid = pid
+        self.conn = conn
+        self.status = status  # RawArray('d', 3): [phase, item index, job id]; see _worker
+        self.forked = forked  # a fork of this process: it has this process's __main__
+        self.ready = False
+        self.assigned = 0  # items given to it so far (for max_items_per_worker)
+        self.server = server  # the fork server it came from, which reports its exit
+        # its worker_id(): a replacement takes the slot of the worker it replaces
+        self.slot = slot
+        self.holds = holds  # jobs whose arguments it inherited by fork
+        self.jobs: set[int] = set()
+        self.ending: set[int] = set()  # jobs whose teardown it has yet to answer
+        self.inflight: deque[Sent] = deque()
 
     def load(self) -> int:
         """Chunks it holds that anyone still waits for: a cancelled one it
@@ -96,9 +109,15 @@ class Worker:
 
 def start(method: str, threads: int, idle_timeout: float, slot: int = 0) -> Worker:
     """A new worker process, started by ``method`` ("fork", "forkserver"
-    (parloop's own server) or "spawn"); see ``_launch``. ``slot``: its
+    (parloop's own server) or "spawn"); see ``launch``. ``slot``: its
     index in the pool (its ``worker_id()``)."""
-    context = _launch.context_for(method)
+    context: Any
+    if method == "fork":  # launch (the fork server, spawn) is ~5 ms to import: only if used
+        context = multiprocessing.get_context("fork")
+    else:
+        from . import launch
+
+        context = launch.context_for(method)
     ours, theirs = context.Pipe(duplex=True)
     _caller_ends.add(ours)
     status = context.RawArray("d", 3)
@@ -118,7 +137,7 @@ def start(method: str, threads: int, idle_timeout: float, slot: int = 0) -> Work
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         theirs.close()
-    server = _launch.server_pid() if method == "forkserver" else None
+    server = server_pid() if method == "forkserver" else None
     return Worker(process, process.pid, ours, status, forked=method == "fork", server=server,
                   slot=slot, holds=holds)
 
@@ -146,7 +165,7 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
         except ValueError:
             how = f"signal {-code}"
     item = chunk.items[index - chunk.start]
-    if worker.server is not None and _launch.server_pid() != worker.server:
+    if worker.server is not None and server_pid() != worker.server:
         # The server that forked it reports its exit; with the server gone,
         # the worker is lost to this pool (it ends when its pipe closes).
         return (f"parloop's fork server (pid {worker.server}) died, and with it the pool's "
@@ -154,6 +173,12 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
                 f"({short_repr(item)}). A new server and worker have replaced them")
     return (f"worker pid {worker.pid} died ({how}) while it held item #{index} "
             f"({short_repr(item)}). A new worker has replaced it")
+
+
+def server_pid() -> int | None:
+    """The fork server's pid, if one runs (none can before launch is imported)."""
+    launch = sys.modules.get(f"{__package__}.launch")
+    return None if launch is None else launch.server_pid()
 
 
 # -- process-wide hooks ------------------------------------------------------------------

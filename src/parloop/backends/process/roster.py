@@ -8,7 +8,7 @@ import time
 from typing import Any
 
 from ..._cpu import default_start_method
-from . import children, launch
+from . import children
 from .children import Worker
 
 __all__ = ["Roster"]
@@ -83,7 +83,7 @@ class Roster:
         children.stop([worker])
         if worker in self.workers:
             self.workers.remove(worker)
-        server_died = worker.server is not None and launch.server_pid() != worker.server
+        server_died = worker.server is not None and children.server_pid() != worker.server
         if not worker.ready and not server_died:  # a dead server is no fault of the worker's
             self.failures += 1
             if self.failures >= STARTUP_FAILURES:
