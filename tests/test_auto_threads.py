@@ -19,7 +19,15 @@ from parloop import _costs, _planner, _role, parallel_for
 from parloop._flow import RETREAT
 from parloop._known import from_history
 from parloop._planner import MARGIN, THREADS_GAIN, PoolCost, Probe
-from parloop._threads import MAX_THREADS, Trial, parallel_share, projected_speedup, run_trial, thread_count
+from parloop._threads import (
+    MAX_THREADS,
+    Trial,
+    parallel_share,
+    projected_speedup,
+    run_delay,
+    run_trial,
+    thread_count,
+)
 
 # -- synthetic -------------------------------------------------------------------------------
 
@@ -468,6 +476,49 @@ def test_a_real_gil_releasing_function_is_measured_on_threads() -> None:
     # Whether threads win depends on how many CPUs are free right now; that
     # the two-thread trial ran and was weighed does not.
     assert "on 2 threads at once" in plan.reason or "releases the GIL" in plan.reason, plan.reason
+
+
+def test_a_trial_run_while_other_programs_hold_the_cpus_decides_its_call_only() -> None:
+    # Synthetic: the two threads waited for a CPU (run delay, not the GIL)
+    # for over STARVED of the trial between them.
+    items = [(None, None)] * 10
+    assert Trial(items, 10e-3, 0.0, waited=6e-3).starved()
+    assert not Trial(items, 10e-3, 0.0, waited=1e-3).starved()
+    assert not Trial(items, 10e-3, 0.0).starved()  # not known (no schedstat): as before
+    probe = probed(1.3e-3, 200)
+    probe.note_trial(Trial(items, 13e-3, 13e-3, 13e-3, waited=9e-3))
+    reason = str(probe.verdict(13).reason)
+    assert "other programs held the CPUs" in reason and "this call only" in reason, reason
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(run_delay() is None, reason="no per-thread schedstat here")
+def test_a_trial_under_real_cpu_hogs_is_not_kept_for_later_calls() -> None:
+    # Real: one busy process more than there are CPUs, then a function that
+    # releases the GIL. Its trial reads low only because the CPUs were taken;
+    # kept, that reading would keep threads off for the life of the process.
+    import hashlib
+    import subprocess
+    import sys
+
+    blobs = [bytes([i]) * 2**20 for i in range(96)]
+
+    def digest(blob: bytes) -> str:
+        return hashlib.sha256(blob).hexdigest()
+
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range((os.cpu_count() or 1) + 1)]
+    try:
+        time.sleep(0.3)
+        fn = parallel_for(digest)
+        assert fn(blobs) == [hashlib.sha256(b).hexdigest() for b in blobs]
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    plan = fn.last_plan
+    assert plan is not None and "this call only" in plan.reason, plan.reason
+    assert "trial" not in _costs.recall(digest)
 
 
 @pytest.mark.timeout(120)

@@ -88,6 +88,7 @@ class Probe:
         self.threads = threads  # threads may be tried and chosen (thread_safe=True)
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
+        self.trial_starved = False  # this call's trial ran while others held the CPUs
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")
@@ -213,6 +214,7 @@ class Probe:
         """A trial's outcome; one in which an item raised says nothing for threads."""
         self.trial_speedup = 1.0 if trial.failed else \
             trial.speedup(self.per_item(), self.cpu_share() >= _threads.WAITING)
+        self.trial_starved = trial.starved()
 
     @staticmethod
     def _too_small(remaining: int, cost: float) -> bool:
@@ -320,13 +322,7 @@ class Probe:
     def _threads_text(self, threads: int, threaded: float | None) -> str:
         if not self.threads or self.trial_speedup is None:
             return ""
-        if threaded is None:
-            why = "the GIL is held" if self.trial_speedup > 0.9 else \
-                "they compete for the CPUs, or for a lock"
-            return (f"; on 2 threads at once items ran {self.trial_speedup:.2f}x as fast "
-                    f"as on one ({why})")
-        return (f"; releases the GIL (2 threads: {self.trial_speedup:.2f}x): {threads} threads "
-                f"≈ {format_seconds(threaded)}")
+        return _threads.describe(self.trial_speedup, threads, threaded, self.trial_starved)
 
     def _unknown_length(self, probed: Callable[[], str], cost: float) -> Verdict:
         """Compare throughputs, then rent before buying."""

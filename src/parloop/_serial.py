@@ -149,9 +149,10 @@ class SerialLoop:
         trial = run_trial(self.call, items, ready=functools.partial(load, "thread"))
         probe.note_trial(trial)
         # A trial shorter than TRIAL_SURE decides this call only: two items of
-        # a millisecond on each thread are too few to be sure for later calls.
+        # a millisecond on each thread are too few to be sure for later calls;
+        # so does one run while other programs held the CPUs.
         self.trial_speedup = probe.trial_speedup
-        self.trial_sure = trial.wall >= TRIAL_SURE
+        self.trial_sure = trial.wall >= TRIAL_SURE and not trial.starved()
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:

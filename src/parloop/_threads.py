@@ -35,10 +35,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ._plan import format_seconds
 from ._threadpool import SimpleQueue, take
 
-__all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS",
-           "TRIAL_SURE", "Trial", "gil_enabled", "projected_speedup", "run_trial", "thread_count"]
+__all__ = ["ITEM_OVERHEAD", "MAX_THREADS", "STARVED", "TRIAL_KEPT", "TRIAL_MIN_ITEM",
+           "TRIAL_SECONDS", "TRIAL_SURE", "Trial", "describe", "gil_enabled", "projected_speedup",
+           "run_delay", "run_trial", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -59,6 +61,10 @@ TRIAL_MIN_ITEM = 10e-6
 #: first for that part alone to decide (each end of it may count one off)
 STEADY_ITEMS = 8
 WARM_UP = 3.0  # a thread's first item this many times slower than its others: a warm-up
+#: the trial's two threads waited for a CPU (not for the GIL) this share of
+#: its wall time between them: other programs held the CPUs, and the reading
+#: decides this call only (see ``Trial.starved``)
+STARVED = 0.25
 
 
 def gil_enabled() -> bool:
@@ -79,6 +85,18 @@ def projected_speedup(trial_speedup: float, threads: int) -> float:
     return 1.0 / ((1.0 - share) + share / threads)
 
 
+def describe(speedup: float, threads: int, threaded: float | None, starved: bool) -> str:
+    """The plan's words on a trial: its ``speedup``, and the ``threaded``
+    projection on ``threads`` threads (None: threads lose)."""
+    busy = "other programs held the CPUs meanwhile: a reading for this call only"
+    if threaded is None:
+        why = busy if starved else "the GIL is held" if speedup > 0.9 else \
+            "they compete for the CPUs, or for a lock"
+        return f"; on 2 threads at once items ran {speedup:.2f}x as fast as on one ({why})"
+    return (f"; releases the GIL (2 threads: {speedup:.2f}x{'; ' + busy if starved else ''}): "
+            f"{threads} threads ≈ {format_seconds(threaded)}")
+
+
 def thread_count(cpus: int, cpu_share: float, remaining: int) -> int:
     """Threads for items that keep ``cpu_share`` of a CPU busy while they
     run: one per CPU for CPU-bound work; enough to keep the CPUs busy for
@@ -96,7 +114,7 @@ class Trial:
     def __init__(self, results: list[tuple[Any, BaseException | None]], wall: float,
                  cpu: float, thread_cpu: float | None = None,
                  marks: list[list[tuple[float, float]]] | None = None,
-                 lead: float = 0.0) -> None:
+                 lead: float = 0.0, waited: float | None = None) -> None:
         self.results = results  # (result, exception) per item, in input order
         self.wall = wall
         self.cpu = cpu  # the process's CPU seconds meanwhile
@@ -104,6 +122,7 @@ class Trial:
         # Per thread: (clock, its CPU clock) as it began, then after each item.
         self.marks = marks or []
         self.lead = lead  # seconds the caller ran alone before the helper began
+        self.waited = waited  # the two threads' seconds runnable but off CPU; None: unknown
         self.failed = any(exc is not None for _, exc in results)
 
     def speedup(self, per_item: float, cpu_bound: bool = True) -> float:
@@ -152,6 +171,16 @@ class Trial:
         return done / (end - begin), cpu / (end - begin)
 
 
+    def starved(self) -> bool:
+        """Other programs held the CPUs during the trial: its threads spent
+        over STARVED of its time runnable but waiting for a CPU (Linux's
+        per-thread run delay). Waiting for the GIL is not counted there (a
+        thread waiting for a lock sleeps), so code that holds the GIL does
+        not look starved; code that releases it, run while another program
+        keeps a core busy, reads ~1x and would otherwise be kept as "the
+        GIL is held" for the life of the process."""
+        return self.waited is not None and self.waited > STARVED * self.wall
+
     def warmed_up(self) -> bool:
         """A thread's first item took over WARM_UP times the median of the
         items after each thread's first: a warm-up (a new thread's first
@@ -178,6 +207,7 @@ class _Shared:
         self.results: list[tuple[Any, BaseException | None]] = [(None, None)] * len(items)
         self.marks: list[list[tuple[float, float]]] = []  # see Trial
         self.stopped = False  # the caller was interrupted: take nothing more
+        self.waited: float | None = 0.0  # run delay, both threads (see Trial.starved)
         self._next = 0
         self._lock = _thread.allocate_lock()
 
@@ -191,6 +221,7 @@ class _Shared:
     def run(self, call: Callable[[Any], Any], catch: type[BaseException]) -> None:
         """Run items here until none is left; this thread's marks go to ``marks``."""
         clock, cpu_clock, results = time.perf_counter, time.thread_time, self.results
+        delay = run_delay()
         mine = [(clock(), cpu_clock())]
         try:
             while (index := self.take()) is not None:
@@ -204,6 +235,12 @@ class _Shared:
             raise
         finally:
             self.marks.append(mine)
+            after = run_delay()
+            with self._lock:
+                if delay is None or after is None or self.waited is None:
+                    self.waited = None
+                else:
+                    self.waited += after - delay
 
 
 def run_trial(call: Callable[[Any], Any], items: list[Any],
@@ -239,4 +276,15 @@ def run_trial(call: Callable[[Any], Any], items: list[Any],
     thread_cpu = sum(thread[-1][1] - thread[0][1] for thread in marks)
     # The helper's late start (thread start, ``ready``) ran the caller alone.
     lead = max(thread[0][0] for thread in marks) - began if len(marks) == 2 else 0.0
-    return Trial(shared.results, wall, cpu_clock() - cpu_began, thread_cpu, marks, lead)
+    return Trial(shared.results, wall, cpu_clock() - cpu_began, thread_cpu, marks, lead,
+                 shared.waited)
+
+
+def run_delay() -> float | None:
+    """Seconds this thread has spent runnable but waiting for a CPU (Linux's
+    schedstat); None where that is not known."""
+    try:
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return None
