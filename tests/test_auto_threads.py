@@ -490,6 +490,8 @@ def test_a_trial_run_while_other_programs_hold_the_cpus_decides_its_call_only() 
     assert Trial(items, 10e-3, 0.0, waited=6e-3).starved()
     assert not Trial(items, 10e-3, 0.0, waited=1e-3).starved()
     assert not Trial(items, 10e-3, 0.0).starved()  # not known (no schedstat): as before
+    # A helper whose start outlasted the trial ran nothing: nothing to keep either.
+    assert Trial(items, 10e-3, 0.0, marks=[[(0.0, 0.0)] * 11, [(0.01, 0.0)]]).one_sided()
     probe = probed(1.3e-3, 200)
     probe.note_trial(Trial(items, 13e-3, 13e-3, 13e-3, waited=9e-3))
     reason = str(probe.verdict(13).reason)

@@ -150,9 +150,11 @@ class SerialLoop:
         probe.note_trial(trial)
         # A trial shorter than TRIAL_SURE decides this call only: two items of
         # a millisecond on each thread are too few to be sure for later calls;
-        # so does one run while other programs held the CPUs.
+        # so does one run while other programs held the CPUs, or in which one
+        # thread ran no item at all.
         self.trial_speedup = probe.trial_speedup
-        self.trial_sure = trial.wall >= TRIAL_SURE and not trial.starved()
+        self.trial_sure = trial.wall >= TRIAL_SURE and not trial.starved() \
+            and not trial.one_sided()
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:

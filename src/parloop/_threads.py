@@ -170,6 +170,10 @@ class Trial:
             return None
         return done / (end - begin), cpu / (end - begin)
 
+    def one_sided(self) -> bool:
+        """A thread ran none of the items (the helper's start outlasted the
+        whole trial): it shows nothing about two at once."""
+        return any(len(marks) < 2 for marks in self.marks)
 
     def starved(self) -> bool:
         """Other programs held the CPUs during the trial: its threads spent
