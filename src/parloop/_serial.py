@@ -14,7 +14,7 @@ from ._input import Input
 from ._planner import PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
-from ._threads import TRIAL_SURE, run_trial
+from ._threads import run_trial
 from .backends import load
 from .errors import stop_iteration_error
 
@@ -148,13 +148,8 @@ class SerialLoop:
             return True
         trial = run_trial(self.call, items, ready=functools.partial(load, "thread"))
         probe.note_trial(trial)
-        # A trial shorter than TRIAL_SURE decides this call only: two items of
-        # a millisecond on each thread are too few to be sure for later calls;
-        # so does one run while other programs held the CPUs, or in which one
-        # thread ran no item at all.
         self.trial_speedup = probe.trial_speedup
-        self.trial_sure = trial.wall >= TRIAL_SURE and not trial.starved() \
-            and not trial.one_sided()
+        self.trial_sure = trial.sure()  # else it decides this call only
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:

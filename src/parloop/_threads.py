@@ -170,6 +170,12 @@ class Trial:
             return None
         return done / (end - begin), cpu / (end - begin)
 
+    def sure(self) -> bool:
+        """Whether later calls may rely on it: long enough (TRIAL_SURE; two
+        items of a millisecond on each thread are too few), both threads ran
+        items, and no other program held the CPUs meanwhile."""
+        return self.wall >= TRIAL_SURE and not self.starved() and not self.one_sided()
+
     def one_sided(self) -> bool:
         """A thread ran none of the items (the helper's start outlasted the
         whole trial): it shows nothing about two at once."""
