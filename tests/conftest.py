@@ -14,7 +14,7 @@ from typing import Any
 import procs
 import pytest
 
-from parloop import _scope, _threadpool
+from parloop import _costs, _scope, _threadpool
 
 faulthandler.enable()
 
@@ -68,8 +68,11 @@ def _infrastructure() -> set[int]:
 @pytest.fixture(autouse=True)
 def census(request: pytest.FixtureRequest) -> Iterator[None]:
     """Fail a test that leaves a child process, a thread or an fd behind
-    once the warm pool is closed."""
+    once the warm pool is closed. Each test starts with no costs measured
+    by earlier tests (an earlier test's calls of the same function would
+    make this one's first call skip its probe)."""
     _scope.warm_pools.close_all()
+    _costs._history.clear()
     before_fds = _fds()
     before_threads = {t.ident for t in threading.enumerate()}
     yield
