@@ -68,10 +68,17 @@ class Input:
             self._ahead = []
 
     def give_back(self, items: list[Any]) -> None:
-        """Let ``items``, just taken, be read again, first."""
-        if items:
+        """Let ``items``, just taken, be read again, first. A list, tuple or
+        range is read on from their position, so the rest may still be read
+        in one pass (``in_sequence``)."""
+        if not items:
+            return
+        self.index -= len(items)
+        if self.sequence is not None and type(self.iterator) in _SEQUENCE_ITERATORS:
+            self.iterator = iter(self.sequence)
+            self.iterator.__setstate__(self.index)  # type: ignore[attr-defined]
+        else:
             self.iterator = itertools.chain(items, self.iterator)
-            self.index -= len(items)
 
     def in_sequence(self) -> bool:
         """Whether the rest may be read as ``sequence[index:]`` in one pass."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from ._headstart import HeadStart
 from ._input import Input
-from ._planner import PoolCost, Probe, Verdict
+from ._planner import THREADS_GAIN, PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
 from ._threads import run_trial
@@ -146,7 +146,11 @@ class SerialLoop:
             if error is not None:
                 raise error
             return True
-        trial = run_trial(self.call, items, ready=functools.partial(load, "thread"))
+        trial = run_trial(self.call, items, ready=functools.partial(load, "thread"),
+                          per_item=probe.per_item(), wins=THREADS_GAIN)
+        if len(trial.results) < len(items):  # it stopped early, losing: the rest goes back
+            self.source.give_back(items[len(trial.results):])
+            items, error = items[:len(trial.results)], None
         probe.note_trial(trial)
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.sure()  # else it decides this call only
@@ -165,7 +169,8 @@ class SerialLoop:
         yield from self._emit(batch, start)
         if error is not None:
             raise error
-        return trial.failed or trial.steady() is not None or not trial.warmed_up()
+        return trial.failed or trial.cut is not None or trial.steady() is not None \
+            or not trial.warmed_up()
 
     def _emit(self, batch: list[Any], start: int) -> Iterator[list[Any]]:
         """``batch``, the results of items ``start``, ``start + 1``..., out."""
