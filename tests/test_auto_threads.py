@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from helpers import FakeClock, spin_for
 
-from parloop import _costs, _planner, _role, parallel_for
+from parloop import _costs, _native, _role, parallel_for
 from parloop._flow import RETREAT
 from parloop._input import Input
 from parloop._known import from_history
@@ -343,7 +343,7 @@ def test_items_that_already_use_every_core_are_not_split_further(
     # at one BLAS thread each takes ~2 ms, so 2 workers gain nothing. (CPU
     # time counts only when a library with native thread pools is loaded:
     # pytest stands in for one here.)
-    monkeypatch.setattr(_planner, "NATIVE_POOLS", ("pytest",))
+    monkeypatch.setattr(_native, "MODULES", ("pytest",))
     busy = probed(1e-3, 64, cpu_share=2.0, threads=False)
     assert busy.cores_used() == 2.0 and busy.pool_item_cost(1e-3) == pytest.approx(2e-3)
     assert busy.verdict(3).serial_more is None
@@ -353,7 +353,7 @@ def test_items_that_already_use_every_core_are_not_split_further(
     # The same items on one CPU each: the pool wins.
     assert probed(1e-3, 64, threads=False).verdict(3).serial_more == 0
     # Without such a library, CPU time of other threads is not the item's.
-    monkeypatch.setattr(_planner, "NATIVE_POOLS", ("no such module",))
+    monkeypatch.setattr(_native, "MODULES", ("no such module",))
     assert probed(1e-3, 64, cpu_share=2.0, threads=False).cores_used() == 1.0
 
 
@@ -659,3 +659,49 @@ def test_the_warm_pool_numpy_case_never_goes_to_slow_workers() -> None:
             # not slower together than the caller alone.
             history = _costs.recall(gram)
             assert history["process"] / 2 <= RETREAT * history["serial"], plan.reason
+
+
+_BLAS_CHILD = """
+import numpy
+from parloop import _native
+print(_native.blas_threads())
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_blas_thread_count_is_the_librarys_own() -> None:
+    # Real NumPy, asked in fresh interpreters: its BLAS runs one thread per
+    # CPU by default, and one when the environment says so.
+    import subprocess
+    import sys
+    pytest.importorskip("numpy")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+    shown = subprocess.run([sys.executable, "-c", _BLAS_CHILD], env=env, capture_output=True,
+                           text=True, timeout=50, check=True).stdout.strip()
+    if shown == "None" and (os.cpu_count() or 1) > 1:
+        pytest.skip("this NumPy's BLAS has no thread count to read (not OpenBLAS, MKL or BLIS)")
+    if (os.cpu_count() or 1) > 1:
+        assert shown.startswith("('") and shown.endswith(")") and int(shown[:-1].split()[-1]) > 1
+    one = subprocess.run([sys.executable, "-c", _BLAS_CHILD],
+                         env={**env, "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+                              "OMP_NUM_THREADS": "1"},
+                         capture_output=True, text=True, timeout=50, check=True).stdout.strip()
+    assert one == "None"
+
+
+def test_a_multi_threaded_blas_keeps_a_short_call_off_a_thread_trial() -> None:
+    # Real NumPy and its BLAS; synthetic costs. 64 items of 0.4 ms could
+    # save at most ~13 ms on threads, less than two callers of a
+    # multi-threaded BLAS at once can stall: no trial, and the plan says why.
+    pytest.importorskip("numpy")
+    import numpy  # noqa: F401
+    blas = _native.blas_threads()
+    if blas is None:
+        pytest.skip("NumPy's BLAS runs one thread here (or cannot be asked)")
+    short = probed(4e-4, 64)
+    assert short.trial_size(3) == 0
+    reason = short.verdict(3).reason
+    assert f"not tried on threads: {blas[0]} runs {blas[1]} threads per call" in str(reason)
+    # Enough work that threads could save more than that: tried.
+    assert probed(4e-4, 1000).trial_size(3) > 0

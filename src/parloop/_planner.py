@@ -26,12 +26,11 @@ numbers it rests on.
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
-from . import _costs, _threads
+from . import _costs, _native, _threads
 from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
 from ._costs import PoolCost, pool_cost
 from ._plan import Reason, format_seconds
@@ -52,8 +51,6 @@ NO_TRIAL_ITEM = 0.1
 LONG_ITEM = 0.02  # seconds: CPU-bound items this long are tried on threads if that can pay
 #: items keeping this share of the CPUs busy in the caller (BLAS) are not tried on threads
 BUSY_CORES = 0.75
-#: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
-NATIVE_POOLS = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
 
 
 class Verdict:
@@ -89,6 +86,7 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
+        self.blas: tuple[str, int] | None = None  # a multi-threaded BLAS kept the trial off
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")
@@ -155,7 +153,7 @@ class Probe:
         Only with a library loaded that runs native thread pools: otherwise
         CPU time other threads spend meanwhile (idle BLAS threads spin for
         a while after work) would count against a pure Python function."""
-        if not self.cpu or not any(name in sys.modules for name in NATIVE_POOLS):
+        if not self.cpu or not _native.loaded():
             return 1.0
         wall = sum(self.times)
         used = sum(self.cpu) / wall if wall > 0 else 1.0
@@ -194,6 +192,10 @@ class Probe:
             return 0
         if self.cores_used() >= BUSY_CORES * self.pool.workers:
             return 0  # each item keeps the CPUs busy already (BLAS): two at once only compete
+        if remaining * cost / 2 < _native.STALL:  # the most threads could save
+            self.blas = _native.blas_threads()
+            if self.blas is not None:
+                return 0
         # Long enough to be kept for later calls (TRIAL_KEPT per thread) when
         # the rest is big enough, else a short one that decides this call:
         # a trial's items are not lost time when threads win, as they run
@@ -320,6 +322,8 @@ class Probe:
         return threads_projection(remaining, cost, speedup, self.pool.workers, self.cpu_share())
 
     def _threads_text(self, threads: int, threaded: float | None) -> str:
+        if self.threads and self.blas is not None and self.trial_speedup is None:
+            return _native.describe(*self.blas)
         if not self.threads or self.trial_speedup is None:
             return ""
         return _threads.describe(self.trial_speedup, threads, threaded, self.trial_starved)
