@@ -396,4 +396,5 @@ def trial_cannot_pay(size: int, cost: float, share: float, remaining: int,
     trial of 2). Items that mostly wait are always tried."""
     if share < _threads.WAITING or (cost < LONG_ITEM and 4 * size <= remaining):
         return False
-    return size * cost / 2 > pool.startup + LATENCY + remaining * transfer() / pool.workers
+    lost, spared = size * cost / 2, pool.startup + LATENCY  # pickling 1 MB to measure: ~3 ms
+    return lost > spared and lost > spared + remaining * transfer() / pool.workers
