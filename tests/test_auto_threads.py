@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -226,6 +227,32 @@ def test_a_function_slower_on_two_threads_costs_a_few_items_not_a_whole_trial() 
     here = os.getpid()
     helper = [name for pid, name in _CONTENDED.ran if pid == here and name != "MainThread"]
     assert 1 <= len(helper) <= 6, plan.reason
+
+
+class _BreaksAt:
+    """A sized input whose iterator raises after ``good`` items."""
+
+    def __init__(self, size: int, good: int) -> None:
+        self.size, self.good = size, good
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> Iterator[int]:
+        yield from range(self.good)
+        raise OSError("the input broke here")
+
+
+@pytest.mark.timeout(60)
+def test_an_input_that_raises_inside_a_losing_trial_still_raises_after_its_items() -> None:
+    # The trial's items are read at once; the input raises right after them.
+    # A trial that stops early gives its unrun items back, but the error must
+    # not be lost with them: every item before it runs, then it is raised.
+    _CONTENDED.ran.clear()
+    fn = parallel_for(_contended_nap)
+    with pytest.raises(OSError, match="the input broke here"):
+        fn(_BreaksAt(120, 20))
+    assert len(_CONTENDED.ran) == 20
 
 
 def test_items_given_back_to_a_list_are_read_on_in_one_pass() -> None:

@@ -146,11 +146,14 @@ class SerialLoop:
             if error is not None:
                 raise error
             return True
+        # A trial may stop early (see _threads._Shared.take), unless the input
+        # raised after these items: that error must stay after them.
         trial = run_trial(self.call, items, ready=functools.partial(load, "thread"),
-                          per_item=probe.per_item(), wins=THREADS_GAIN)
-        if len(trial.results) < len(items):  # it stopped early, losing: the rest goes back
+                          per_item=probe.per_item() if error is None else None,
+                          wins=THREADS_GAIN)
+        if len(trial.results) < len(items):  # it stopped early: the rest goes back
             self.source.give_back(items[len(trial.results):])
-            items, error = items[:len(trial.results)], None
+            items = items[:len(trial.results)]
         probe.note_trial(trial)
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.sure()  # else it decides this call only
