@@ -375,7 +375,9 @@ def test_items_that_already_use_every_core_are_not_split_further(
     assert busy.cores_used() == 2.0 and busy.pool_item_cost(1e-3) == pytest.approx(2e-3)
     assert busy.verdict(3).serial_more is None
     # Nor are they tried on two threads at once: they would only compete.
-    assert probed(1e-3, 64, cpu_share=2.0).trial_size(3) == 0
+    both = probed(1e-3, 64, cpu_share=2.0)
+    assert both.trial_size(3) == 0
+    assert "not tried on threads: each item kept 2.0 CPUs busy" in str(both.verdict(3).reason)
     assert probed(1e-3, 64, cpu_share=1.0).trial_size(3) > 0
     # The same items on one CPU each: the pool wins.
     assert probed(1e-3, 64, threads=False).verdict(3).serial_more == 0
@@ -718,17 +720,56 @@ def test_the_blas_thread_count_is_the_librarys_own() -> None:
 
 
 def test_a_multi_threaded_blas_keeps_a_short_call_off_a_thread_trial() -> None:
-    # Real NumPy and its BLAS; synthetic costs. 64 items of 0.4 ms could
-    # save at most ~13 ms on threads, less than two callers of a
-    # multi-threaded BLAS at once can stall: no trial, and the plan says why.
+    # Real NumPy and its BLAS; synthetic costs. 64 items of 0.4 ms, each
+    # keeping 1.4 CPUs busy, could save at most ~13 ms on threads, less than
+    # two callers of a multi-threaded BLAS at once can stall: no trial, and
+    # the plan says why.
     pytest.importorskip("numpy")
     import numpy  # noqa: F401
     blas = _native.blas_threads()
     if blas is None:
         pytest.skip("NumPy's BLAS runs one thread here (or cannot be asked)")
-    short = probed(4e-4, 64)
+    short = probed(4e-4, 64, cpu_share=1.4)
     assert short.trial_size(3) == 0
     reason = short.verdict(3).reason
-    assert f"not tried on threads: {blas[0]} runs {blas[1]} threads per call" in str(reason)
+    assert f"{blas[0]} runs {blas[1]} threads per call" in str(reason)
     # Enough work that threads could save more than that: tried.
-    assert probed(4e-4, 1000).trial_size(3) > 0
+    assert probed(4e-4, 1000, cpu_share=1.4).trial_size(3) > 0
+    # Items that keep one CPU busy do not call into BLAS's threads (sha256
+    # in a program that imported NumPy): BLAS does not keep them off.
+    one_cpu = probed(4e-4, 64)
+    one_cpu.trial_size(3)
+    assert not one_cpu.no_trial and "not tried on threads" not in str(one_cpu.verdict(3).reason)
+
+
+@pytest.mark.timeout(60)
+def test_the_cpus_a_numpy_product_keeps_busy_are_read_from_each_thread() -> None:
+    # Real NumPy, real threads: a 300x300 product under a multi-threaded
+    # OpenBLAS keeps about as many CPUs busy as BLAS runs threads, and a
+    # sha256 keeps one, measured item by item as the probe measures them.
+    numpy = pytest.importorskip("numpy")
+    import hashlib
+    blas = _native.blas_threads()
+    if blas is None:
+        pytest.skip("NumPy's BLAS runs one thread here (or cannot be asked)")
+    matrix = numpy.random.default_rng(0).random((300, 300))
+    data = bytes(1 << 20)
+
+    def cpus(call: Any) -> float:
+        clock = _native.item_clock()
+        call()  # warm
+        readings = []
+        delay, began = run_delay(), time.perf_counter()
+        for _ in range(9):
+            cpu, wall = clock(), time.perf_counter()
+            call()
+            readings.append((clock() - cpu) / (time.perf_counter() - wall))
+        waited = run_delay()
+        if delay is not None and waited is not None \
+                and waited - delay > 0.1 * (time.perf_counter() - began):
+            pytest.skip("other programs held the CPUs: BLAS's threads got less of them")
+        return sorted(readings)[4]
+
+    assert cpus(lambda: matrix @ matrix.T) >= _native.BUSY
+    time.sleep(0.5)  # OpenBLAS's threads spin for a while after a product, then sleep
+    assert cpus(lambda: hashlib.sha256(data).digest()) < _native.BUSY

@@ -1,23 +1,34 @@
 """Native thread pools in this process: whether a library that runs them
-is loaded, and how many threads a loaded BLAS runs per call.
+is loaded, how many CPUs an item keeps busy through them, and how many
+threads a loaded BLAS runs per call.
 
-The count is the library's own answer (``openblas_get_num_threads`` and
-its kin, found in the shared objects listed in ``/proc/self/maps``), the
-way threadpoolctl asks, without depending on it. The CPU time of BLAS's
-threads cannot stand in for it: Linux adds another thread's CPU time to
-the process's only at a scheduler tick or switch, so a 0.4 ms product on
-two threads read 1.0 CPUs one time and 11 the next.
+The CPUs an item keeps busy are its thread's CPU time plus that of every
+thread Python did not start (BLAS and OpenMP workers), each read through
+the thread's own CPU clock (``item_clock``). The process's CPU clock will
+not do: Linux adds the time of a thread running on another CPU to it only
+at a scheduler tick, so one 0.4 ms NumPy product on two threads read 1.0
+CPUs one time and 11 the next. A thread's own clock is brought up to date
+whenever it is read.
+
+The thread count is the library's own answer (``openblas_get_num_threads``
+and its kin, found in the shared objects listed in ``/proc/self/maps``), the
+way threadpoolctl asks, without depending on it.
 """
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable
 
-__all__ = ["MODULES", "STALL", "blas_threads", "describe", "loaded"]
+__all__ = ["BUSY", "MODULES", "STALL", "blas_threads", "describe", "item_clock", "loaded"]
 
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
+#: CPUs an item keeps busy beyond which it runs a native thread pool
+BUSY = 1.25
 #: seconds two threads calling a multi-threaded BLAS at once can stall: NumPy
 #: 300x300 products on 2 threads, under OpenBLAS's 2 threads per call, stalled
 #: 15-28 ms in 4 trials of 12 here (a whole call of 64 runs in ~24 ms alone)
@@ -42,6 +53,36 @@ def loaded() -> bool:
     return any(name in sys.modules for name in MODULES)
 
 
+def item_clock() -> Callable[[], float]:
+    """A clock of the CPU seconds that the calling thread and every thread
+    Python did not start have used (see the module's docstring); the
+    calling thread's own CPU clock when there is no such thread, or no
+    library that starts them is loaded. A thread that ends meanwhile
+    stops counting."""
+    if not loaded():
+        return time.thread_time
+    try:
+        tasks = [int(name) for name in os.listdir("/proc/self/task")]
+    except (OSError, ValueError):
+        return time.process_time
+    python = {thread.native_id for thread in threading.enumerate()}
+    # Linux's CPU clock of thread ``tid``, as glibc's pthread_getcpuclockid makes it.
+    clocks = [((~tid) << 3) | 6 for tid in tasks if tid not in python]
+    if not clocks:
+        return time.thread_time
+    own, read = time.thread_time, time.clock_gettime
+
+    def cpu() -> float:
+        total = own()
+        for clock in clocks:
+            try:  # noqa: SIM105 (contextlib.suppress costs ~1 µs a read)
+                total += read(clock)
+            except OSError:  # it ended
+                pass
+        return total
+    return cpu
+
+
 def blas_threads() -> tuple[str, int] | None:
     """(library, threads) for the loaded BLAS running the most threads per
     call, when that is more than one; None otherwise, or where it cannot
@@ -60,11 +101,17 @@ def blas_threads() -> tuple[str, int] | None:
     return best
 
 
-def describe(library: str, threads: int) -> str:
-    """The plan's words for a thread trial left out because of ``library``."""
-    return (f"; not tried on threads: {library} runs {threads} threads per call, and two "
-            f"callers at once can stall it for longer (~{STALL * 1e3:.0f} ms) than threads "
-            f"could save")
+def describe(cpus: float, blas: tuple[str, int] | None = None) -> str:
+    """The plan's words for a thread trial left out for an item that kept
+    ``cpus`` CPUs busy: they would compete, or (``blas``: the library and
+    its threads) two calls of it at once could stall for longer than
+    threads could save."""
+    if blas is None:
+        return (f"; not tried on threads: each item kept {cpus:.1f} CPUs busy (BLAS or other "
+                f"native threads), and two at once would only compete")
+    return (f"; not tried on threads: each item kept {cpus:.1f} CPUs busy, {blas[0]} runs "
+            f"{blas[1]} threads per call, and two calls of it at once can stall for longer "
+            f"(~{STALL * 1e3:.0f} ms) than threads could save")
 
 
 def _scan() -> None:

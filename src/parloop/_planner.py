@@ -80,13 +80,13 @@ class Probe:
         self._pool: PoolCost | None = None
         self.clock = clock
         self.times: list[float] = []
-        self.cpu: list[float] = []  # the process's CPU seconds per item (BLAS threads too)
+        self.cpu: list[float] = []  # CPU seconds per item, BLAS threads too (_native.item_clock)
         self.thread_cpu: list[float] = []  # the calling thread's own CPU seconds per item
         self.threads = threads  # threads may be tried and chosen (thread_safe=True)
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
-        self.blas: tuple[str, int] | None = None  # a multi-threaded BLAS kept the trial off
+        self.no_trial = ""  # why a thread trial was left out, when native threads were why
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")
@@ -190,12 +190,14 @@ class Probe:
         if cost < _threads.TRIAL_MIN_ITEM or self._too_small(remaining, cost) \
                 or self.pool.workers < 2:
             return 0
-        if self.cores_used() >= BUSY_CORES * self.pool.workers:
-            return 0  # each item keeps the CPUs busy already (BLAS): two at once only compete
-        if remaining * cost / 2 < _native.STALL:  # the most threads could save
-            self.blas = _native.blas_threads()
-            if self.blas is not None:
-                return 0
+        cpus = self.cores_used()
+        if cpus >= BUSY_CORES * self.pool.workers:  # BLAS: two at once would only compete
+            self.no_trial = _native.describe(cpus)
+            return 0
+        if cpus >= _native.BUSY and remaining * cost / 2 < _native.STALL \
+                and (blas := _native.blas_threads()) is not None:
+            self.no_trial = _native.describe(cpus, blas)
+            return 0
         # Long enough to be kept for later calls (TRIAL_KEPT per thread) when
         # the rest is big enough, else a short one that decides this call:
         # a trial's items are not lost time when threads win, as they run
@@ -322,10 +324,8 @@ class Probe:
         return threads_projection(remaining, cost, speedup, self.pool.workers, self.cpu_share())
 
     def _threads_text(self, threads: int, threaded: float | None) -> str:
-        if self.threads and self.blas is not None and self.trial_speedup is None:
-            return _native.describe(*self.blas)
         if not self.threads or self.trial_speedup is None:
-            return ""
+            return self.no_trial if self.threads else ""
         return _threads.describe(self.trial_speedup, threads, threaded, self.trial_starved)
 
     def _unknown_length(self, probed: Callable[[], str], cost: float) -> Verdict:

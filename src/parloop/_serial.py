@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
+from . import _native
 from ._headstart import HeadStart
 from ._input import Input
 from ._planner import THREADS_GAIN, PoolCost, Probe, Verdict
@@ -193,7 +194,7 @@ class SerialLoop:
         probe ends with ``head_started`` set and no verdict."""
         probe = Probe(self.source.total, pool, threads=self.threads, history=self.history)
         call, source, clock = self.call, self.source, time.perf_counter
-        cpu_clock, thread_clock = time.process_time, time.thread_time
+        cpu_clock, thread_clock = _native.item_clock(), time.thread_time
         self.verdict = None
         while True:
             index = source.index
