@@ -138,7 +138,7 @@ class Trial:
         items of the trial may be shorter than the probe's median: uneven
         work would otherwise look parallel). Measured while both threads
         were past their first item when they can be (``steady``), or at
-        the moment it stopped early for losing (``cut``)."""
+        the moment it stopped early, losing or not winning (``cut``)."""
         if self.cut is not None:
             return self.cut
         steady = self.steady()
