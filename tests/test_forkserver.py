@@ -64,7 +64,7 @@ def test_cloudpickle_is_loaded_where_functions_travel_by_value_only() -> None:
     # server's and spawned worker's start); a by-value payload imports it.
     assert _run("""
         import sys
-        import parloop.backends.process.worker, parloop.backends.process.server_init
+        import parloop.backends.process.worker, parloop.backends.process.server
         print("cloudpickle" in sys.modules)
     """) == "False"
     # The fork server preloads it when the main module defines functions

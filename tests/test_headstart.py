@@ -36,7 +36,7 @@ class _Lease:
 
 
 class _Steps:
-    """prepare, start and send, recording what ran and in which thread."""
+    """launch, prepare, start and send, recording what ran."""
 
     def __init__(self, source: Input, start_delay: float = 0.0, per_send: int = 2,
                  fail: bool = False) -> None:
@@ -45,6 +45,9 @@ class _Steps:
         self.lease = _Lease()
         self.job = Job(abs, (), {}, False, True, None)
         self.head: HeadStart | None = None
+
+    def launch(self, wanted: bool) -> None:
+        self.ran.append("launch" if wanted else "withdraw")
 
     def prepare(self) -> None:
         self.ran.append("prepare")
@@ -67,7 +70,7 @@ class _Steps:
         return chunks
 
     def make(self, after: float) -> HeadStart:
-        self.head = HeadStart(self.prepare, self.start, self.send, after)  # type: ignore[arg-type]
+        self.head = HeadStart(self.launch, self.prepare, self.start, self.send, after)  # type: ignore[arg-type]
         return self.head
 
     def armed(self, after: float) -> HeadStart:
@@ -104,7 +107,7 @@ def test_once_fired_the_pool_takes_the_next_items_and_the_caller_stops_reading()
     head = steps.armed(after=0.02)
     _wait_for(lambda: head.sent)
     assert head.settle() is True
-    assert steps.ran == ["prepare", "start", "send"]
+    assert steps.ran == ["launch", "prepare", "start", "send"]
     assert [(c.start, c.items) for c in head.sent] == [(1, [1]), (2, [2])]
     assert head.take(source) is None  # the pool has taken over
     assert source.index == 3
@@ -130,7 +133,21 @@ def test_the_caller_keeps_running_items_while_the_pool_starts() -> None:
     assert head.close() is None  # nothing was sent; the call does not wait
     assert time.monotonic() - began < 0.2
     assert steps.lease.released.wait(10)  # the starter gives the pool back once up
-    assert head.sent == [] and steps.ran == ["prepare", "start"]
+    assert head.sent == [] and steps.ran == ["launch", "prepare", "start"]
+
+
+@pytest.mark.timeout(30)
+def test_an_item_that_ends_after_the_launch_withdraws_the_server_and_leaves_no_thread() -> None:
+    source = Input(list(range(10)))
+    steps = _Steps(source)
+    head = steps.armed(after=30.0)  # it would fire only after 30 s
+    _wait_for(lambda: "launch" in steps.ran)
+    assert head.settle() is False
+    assert steps.ran[0] == "launch" and steps.ran[-1] == "withdraw"
+    assert "start" not in steps.ran
+    # The caller waited for the head start's threads: it may fork now.
+    assert not any(t.name == "parloop-head-start" for t in threading.enumerate())
+    assert head.take(source) == ([1], None)
 
 
 @pytest.mark.timeout(30)
@@ -226,6 +243,36 @@ def test_every_item_runs_once_whether_the_caller_or_the_pool_gets_it(tmp_path: P
         assert result.stderr == "", result.stderr  # nothing printed at exit either
         assert json.loads(result.stdout)["results"] == [i * 10 for i in range(count)]
         assert sorted(int(line) for line in log.read_text().split()) == list(range(count))
+
+
+@pytest.mark.timeout(60)
+def test_a_fork_server_launched_for_nothing_is_stopped_and_the_caller_forks(
+        tmp_path: Path) -> None:
+    # First items of 40 ms: past the launch of the fork server (20 ms in),
+    # short of the head start (75 ms). The probe then wants a pool; the
+    # caller has no other thread, so it forks one, and the server, which
+    # has forked nothing, is stopped (its boot would slow the workers).
+    result = _script(tmp_path, """
+        import json, os, time
+        from parloop import parallel_for
+        from parloop.backends.process import server
+
+        def work(x):
+            end = time.perf_counter() + 0.04
+            while time.perf_counter() < end:
+                pass
+            return os.getpid()
+
+        fn = parallel_for(work)
+        pids = fn(list(range(8)))
+        print(json.dumps({"server": server.server_pid(), "launched": server._server.pid,
+                          "reason": fn.last_plan.reason, "pids": len(set(pids))}))
+    """)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    facts = json.loads(result.stdout)
+    assert "head start" not in facts["reason"], facts
+    assert facts["pids"] >= 2, facts  # a pool ran items
+    assert facts["server"] is None and facts["launched"] is None, facts
 
 
 @pytest.mark.timeout(60)

@@ -1,20 +1,24 @@
 """A first item that runs long starts the pool early, while it still runs.
 
 Before a function's first call has measured anything, the probe runs the
-first item in the caller. When that item is still running PREPARE_AFTER
-(50 ms) in, a thread starts the fork server; when it is still running
-HEAD_START (0.1 s) in, it is heavy, and so, most likely, are the others:
-waiting for it to finish before starting a pool would lose up to its whole
-time (all of it, for a call of two items). So the thread leases a pool that
-does not fork the caller and, once it is up, sends it the next items. The
-caller meanwhile goes on with the probe, item by item, and hands the rest of
-the call to the pool as soon as the pool has taken items; if the input runs
+first item in the caller. When that item is still running LAUNCH_AFTER
+(20 ms) in, a thread launches parloop's fork server (~0.5 ms of the
+caller's time; the server boots on another CPU); at PREPARE_AFTER (50 ms)
+it loads the pool's modules; when the item is still running HEAD_START
+(75 ms) in, it is heavy, and so, most likely, are the others: waiting for
+it to finish before starting a pool would lose up to its whole time (all
+of it, for a call of two items). So the thread leases a pool that does not
+fork the caller and, once it is up, sends it the next items. The caller
+meanwhile goes on with the probe, item by item, and hands the rest of the
+call to the pool as soon as the pool has taken items; if the input runs
 out first, the caller never waited for the pool at all. This is ski rental
 over time: renting (running here) until what has been spent says that
-buying (a pool) pays. Buying costs the caller no wait, but on few cores the
-fork server's start (~0.1 s of CPU) slows the caller's item, which is why
-items shorter than 50 ms are left to the probe, whose fork pool (when the
-caller has no threads) starts in ~10 ms.
+buying (a pool) pays. Buying costs the caller no wait; the steps are
+staggered because each costs the caller's item what it runs of Python
+beside it (the thread and the caller take turns on the GIL): the launch
+next to nothing, the modules ~10-20 ms, which is why they wait for items
+longer than 50 ms. Items shorter than that are left to the probe, whose
+fork pool (when the caller has no threads) starts in ~10 ms.
 
 Only for inputs that can be read without running user code (a list, tuple
 or range), so that the thread never drives the user's iterator, and only
@@ -33,6 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _costs, _scope
+from ._cpu import thread_count
 from ._pickling import explain_item, explain_unpicklable
 from .backends.base import Chunk, Job
 
@@ -43,31 +48,37 @@ if TYPE_CHECKING:
 __all__ = ["HEAD_START", "HeadStart", "arrange", "switch_often"]
 
 #: seconds a first item must run before the pool is started beside it (at
-#: least, and at least HEAD_FRACTION of a spawn pool's estimated start-up):
-#: measured on 2 cores, an 8 x 50 ms call ran 0.38 s without a head start
-#: and 0.45 s with one fired at 20 ms, while 2 x 1 s gained ~0.8 s either way
-HEAD_START = 0.1
+#: least, and at least HEAD_FRACTION of a spawn pool's estimated start-up)
+HEAD_START = 0.075
 HEAD_FRACTION = 0.25
-#: seconds into the first item at which the fork server is started, so that
-#: it is nearly up (~0.1 s later) by the time the pool is wanted
+#: seconds into the first item at which the fork server is launched, so
+#: that it is up (~40-50 ms later) by the time the pool is wanted
+LAUNCH_AFTER = 0.02
+#: seconds into the first item at which the pool's modules are loaded (an
+#: 8 x 50 ms call ran 0.38 s without a head start and 0.45 s with all of its
+#: work done at 20 ms, while 2 x 1 s gained ~0.8 s either way)
 PREPARE_AFTER = 0.05
 #: seconds the interpreter's exit waits for a pool a head start is starting
 EXIT_WAIT = 30.0
+#: seconds a caller that closed a head start waits for each of its threads
+QUIESCE_WAIT = 0.05
 
 
 class HeadStart:
     """The caller arms it as its first item begins. Unless the caller closes
-    it first, its thread calls ``prepare()`` (the fork server starts) after
-    PREPARE_AFTER seconds, and after ``after`` seconds leases a pool
+    it first, its thread calls ``launch()`` (the fork server starts) after
+    LAUNCH_AFTER seconds, ``prepare()`` (the pool's modules) after
+    PREPARE_AFTER, and after ``after`` seconds leases a pool
     (``start()``); then, under ``lock``, ``send(lease)`` takes the next
     items from the input and submits them, returning the chunks sent. The
     caller meanwhile goes on running items itself, each taken through
     ``take()`` (under the same lock), until the pool has taken over: it
     never waits for a pool that is still starting, and no item runs twice."""
 
-    def __init__(self, prepare: Callable[[], None], start: Callable[[], _scope.Lease],
+    def __init__(self, launch: Callable[[bool], None], prepare: Callable[[], None],
+                 start: Callable[[], _scope.Lease],
                  send: Callable[[_scope.Lease], list[Chunk]], after: float) -> None:
-        self._prepare, self._start, self._send = prepare, start, send
+        self._launch, self._prepare, self._start, self._send = launch, prepare, start, send
         self.lock = threading.Lock()
         self.after = after
         self.closed = False  # the caller wants nothing more from it
@@ -81,22 +92,55 @@ class HeadStart:
         self._woken = False
         self._thread: threading.Thread | None = None  # the named thread, once there is work
         self._began = 0.0
+        self._switching = False  # arm() made the GIL change hands often
+        self._others: int | None = None  # set once the fork server was launched
+        self._done = _thread.allocate_lock()  # held until the bare thread ends
+        self._done.acquire()
 
     def arm(self) -> None:
         """(Caller.) The first item starts now. The first wait runs in a bare
         thread, which starts in ~60 µs where a threading.Thread takes 150 µs
-        or more: most first calls close it again at once."""
+        or more: most first calls close it again at once. Until the item
+        ends, the GIL changes hands often (see ``switch_often``): a thread
+        that had waited 20 ms beside a CPU-bound caller woke 10-20 ms late."""
         self._began = time.perf_counter()
+        switch_often(True)
+        self._switching = True
         _thread.start_new_thread(self._first_wait, ())
+
+    def _switched_back(self) -> None:
+        """(Caller.) The first item is over: the GIL's hand-overs as before."""
+        if self._switching:
+            self._switching = False
+            switch_often(False)
 
     def settle(self) -> bool:
         """(Caller, after the first item.) Whether it fired; when not, it is
-        closed."""
+        closed, and if its thread had launched the fork server, the caller
+        waits for the thread to end: a caller with no other thread can fork
+        a pool in ~10 ms, where the fork server's workers take ~20 ms (a
+        3 x 30 ms call was kept serial by the slower estimate)."""
+        self._switched_back()
         with self.lock:
             if self.fired_at is not None:
                 return True
         self.close()
+        if self._others is not None:
+            self._quiesce()
+            self._launch(False)
         return False
+
+    def _quiesce(self) -> None:
+        """(Caller.) Wait, briefly, until its threads are gone."""
+        if self._done.acquire(timeout=QUIESCE_WAIT):
+            self._done.release()
+        thread = self._thread
+        if thread is not None:
+            thread.join(QUIESCE_WAIT)
+        # A thread that has ended its Python work still exits in the OS.
+        deadline = time.perf_counter() + 0.002
+        while thread_count() > self._others and time.perf_counter() < deadline:  # type: ignore[operator]
+            time.sleep(0.0001)
 
     def take(self, source: Input) -> tuple[list[Any], BaseException | None] | None:
         """(Caller.) The next item from ``source``, as ``source.take(1)``, or
@@ -108,6 +152,7 @@ class HeadStart:
         """(Caller.) It is no longer wanted: the lease when the pool has
         taken items (the caller waits for them there), else None. A pool
         still starting is given back by its thread once it is up."""
+        self._switched_back()
         with self.lock:
             self.closed = True
             if self.sent:
@@ -122,9 +167,27 @@ class HeadStart:
         return None
 
     def _first_wait(self) -> None:
-        """(Bare thread.) Wait PREPARE_AFTER for the caller to close it; if
-        it does not, hand the work to a named thread and end."""
-        if self._wake.acquire(timeout=PREPARE_AFTER):
+        try:
+            self._wait_and_launch()
+        finally:
+            self._done.release()
+
+    def _wait_and_launch(self) -> None:
+        """(Bare thread.) Wait LAUNCH_AFTER for the caller to close it; if it
+        does not, launch the fork server, and wait on to PREPARE_AFTER; if it
+        still does not, hand the work to a named thread and end."""
+        if self._wake.acquire(timeout=LAUNCH_AFTER):
+            return
+        self._others = thread_count() - 1  # the threads that are not the head start's
+        switch_often(True)  # see below
+        try:
+            self._launch(True)
+        except Exception as exc:  # prepare() meets it again, and says so
+            self.error = exc
+        finally:
+            switch_often(False)
+        left = PREPARE_AFTER - (time.perf_counter() - self._began)
+        if self._wake.acquire(timeout=max(0.0, left)):
             return
         # From here each GIL hand-over counts: a CPU-bound caller gives the
         # GIL up only every switch interval, and starting the thread alone
@@ -219,6 +282,17 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
     # of tiny work must stay within a millisecond of a plain loop).
     count = [0]
 
+    def launch(wanted: bool) -> None:
+        """The fork server, launched (or, once not wanted, withdrawn)."""
+        from .backends import process
+
+        if not wanted:
+            process.withdraw_server()
+            return
+        affinity = getattr(os, "sched_getaffinity", None)
+        if (len(affinity(0)) if affinity else os.cpu_count() or 1) >= 2:  # workers(): later
+            process.launch_server(options)
+
     def prepare() -> None:
         count[0] = workers()
         if count[0] < 2:
@@ -252,7 +326,7 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
     # Started from a thread, the pool uses the fork server, started early
     # (PREPARE_AFTER), or spawn if asked for, whose start is the slowest.
     startup = _costs.startup_estimate("spawn", 2) if options.start_method == "spawn" else 0.0
-    return HeadStart(prepare, start, send, max(HEAD_START, HEAD_FRACTION * startup))
+    return HeadStart(launch, prepare, start, send, max(HEAD_START, HEAD_FRACTION * startup))
 
 
 _switching_lock = threading.Lock()
