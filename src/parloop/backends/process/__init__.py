@@ -1,7 +1,7 @@
 """The process backend: parloop's own process pool (``pool``: the policy;
 ``roster``: its worker processes; ``deadlines``: when one must be stopped),
 the worker processes' side (``worker``), starting and stopping them
-(``children``, ``launch``, ``server``), the messages between them
+(``children``, ``launch``, ``server``, ``server_main``), the messages between them
 (``pipe``), and big buffers through shared memory (``shm``). See ``pool``
 for how a chunk travels."""
 
