@@ -569,6 +569,14 @@ def test_python_code_that_holds_the_gil_never_goes_to_threads() -> None:
         assert plan is not None and plan.backend != "thread", plan.reason
 
 
+def test_a_trial_that_stopped_early_is_kept_only_once_a_second_one_agrees() -> None:
+    from parloop._threads import kept_as
+
+    assert kept_as(False, {}) == "trial"  # a whole trial, long enough: kept
+    assert kept_as(True, {"serial": 1e-3}) == "cut"  # stopped early: this call only...
+    assert kept_as(True, {"serial": 1e-3, "cut": 1.06}) == "trial"  # ...until a second agrees
+
+
 @pytest.mark.timeout(60)
 def test_thread_safe_false_keeps_waiting_items_off_threads() -> None:
     fn = parallel_for(_nap, thread_safe=False)

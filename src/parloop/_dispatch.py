@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _costs, _known, _planner, _scope
+from . import _costs, _known, _planner, _scope, _threads
 from ._flow import Flow
 from ._headstart import HeadStart, arrange
 from ._input import Input
@@ -273,7 +273,8 @@ class _Call:
             if self.loop.transfer is not None:
                 _costs.remember(self.job.fn, self.loop.transfer, "transfer")
             if self.loop.trial_speedup is not None and self.loop.trial_sure:
-                _costs.remember(self.job.fn, self.loop.trial_speedup, "trial")
+                _costs.remember(self.job.fn, self.loop.trial_speedup,
+                                _threads.kept_as(self.loop.trial_cut, history))
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
         if verdict.serial_more is None:
             return

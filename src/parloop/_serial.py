@@ -48,6 +48,7 @@ class SerialLoop:
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
+        self.trial_cut = False  # ... and it stopped early (see _threads._Shared.take)
         self.cpu_share = 1.0  # the CPU share of the probe's median item
         self.transfer: float | None = None  # an item's transfer, if the probe measured it
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
@@ -158,6 +159,7 @@ class SerialLoop:
         probe.note_trial(trial)
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.sure()  # else it decides this call only
+        self.trial_cut = trial.cut is not None
         batch: list[Any] = []
         for offset, (result, exc) in enumerate(trial.results):
             if exc is not None:

@@ -32,7 +32,7 @@ import itertools
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._plan import format_seconds
@@ -40,7 +40,7 @@ from ._threadpool import SimpleQueue, take
 
 __all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "STARVED", "STOP_ITEMS", "TRIAL_KEPT",
            "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial", "describe", "gil_enabled",
-           "projected_speedup", "run_delay", "run_trial", "thread_count"]
+           "kept_as", "projected_speedup", "run_delay", "run_trial", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -345,3 +345,14 @@ def run_delay() -> float | None:
             return int(stat.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
+
+
+def kept_as(cut: bool, history: Mapping[str, float]) -> str:
+    """Under which name a trial long enough to keep (``Trial.sure``) goes
+    into the function's history: "trial", which later calls follow without
+    trying again, or "cut", which they do not. A trial that stopped early
+    read a handful of items, which a stall of the host can spoil (warm, a
+    NumPy product that gains ~2x on two threads read 1.06x, and the function
+    stayed serial for good): it is kept once a second call's trial has
+    stopped early too."""
+    return "trial" if not cut or "cut" in history else "cut"
