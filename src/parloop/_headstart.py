@@ -178,7 +178,10 @@ class HeadStart:
         still does not, hand the work to a named thread and end."""
         if self._wake.acquire(timeout=LAUNCH_AFTER):
             return
-        self._others = thread_count() - 1  # the threads that are not the head start's
+        with self.lock:  # settle() reads _others once closed: either it sees it, or this ends
+            if self.closed:
+                return
+            self._others = thread_count() - 1  # the threads that are not the head start's
         switch_often(True)  # see below
         try:
             self._launch(True)

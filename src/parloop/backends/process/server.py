@@ -204,19 +204,23 @@ _MAX_PRELOAD_CHARS = 64 << 10
 
 
 def ensure_running() -> None:
-    """Start the server if it is not running (or has died). The spawn
-    blocks SIGINT for a moment in the calling thread, whose mask the
-    server inherits: it starts deaf to Ctrl-C."""
+    """Start the server if it is not running (or has died)."""
     with _server.lock:
-        if _running():
-            return
-        preload = [] if os.environ.get("PARLOOP_PRELOAD_MAIN") == "0" else libraries_of_main()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-        try:
-            _server.start(preload)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-        _costs.note_fork_server(True)
+        _ensure_running()
+
+
+def _ensure_running() -> None:
+    """(Lock held.) The spawn blocks SIGINT for a moment in the calling
+    thread, whose mask the server inherits: it starts deaf to Ctrl-C."""
+    if _running():
+        return
+    preload = [] if os.environ.get("PARLOOP_PRELOAD_MAIN") == "0" else libraries_of_main()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        _server.start(preload)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+    _costs.note_fork_server(True)
 
 
 def stop_unused() -> None:
@@ -232,8 +236,8 @@ def stop_unused() -> None:
 
 def fork(fds: list[int]) -> tuple[int, int, int]:
     """A new worker from the server (started if need be); see ``ForkServer.fork``."""
-    ensure_running()
     with _server.lock:
+        _ensure_running()
         return _server.fork(fds)
 
 
