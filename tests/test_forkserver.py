@@ -75,3 +75,49 @@ def test_cloudpickle_is_loaded_where_functions_travel_by_value_only() -> None:
     """
     assert _run("def work(x):\n    return x\n" + textwrap.dedent(check)) == "True"
     assert _run("import json\n" + textwrap.dedent(check)) == "False"
+
+
+SHARED_MEMORY = textwrap.dedent("""
+    import json
+    from multiprocessing import shared_memory
+    from parloop import parallel_for
+
+    def make(i):
+        block = shared_memory.SharedMemory(create=True, size=16)
+        block.buf[0] = i
+        name = block.name
+        block.close()
+        return name
+
+    def read(name):
+        block = shared_memory.SharedMemory(name=name)
+        value = block.buf[0]
+        block.close()
+        return value
+
+    if __name__ == "__main__":
+        options = {"backend": "process", "workers": 2, "start_method": "forkserver"}
+        names = parallel_for(make, **options)(range(6))
+        values = parallel_for(read, **options)(names)
+        for name in names:  # the caller owns them now: it unlinks them
+            block = shared_memory.SharedMemory(name=name)
+            block.close()
+            block.unlink()
+        print(json.dumps(values))
+""")
+
+
+@pytest.mark.timeout(60)
+def test_workers_share_the_callers_resource_tracker(tmp_path: Path) -> None:
+    # Shared memory that workers create and others attach to, which the
+    # caller then unlinks: with one tracker for all of them (the server
+    # forks it and the caller adopts it), nothing is unlinked early and
+    # nothing is reported leaked at exit. With a tracker for the workers
+    # alone, it reported all six as leaked.
+    script = tmp_path / "shared.py"
+    script.write_text(SHARED_MEMORY)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == list(range(6))
+    assert "leaked" not in done.stderr and "Traceback" not in done.stderr, done.stderr
