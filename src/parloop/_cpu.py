@@ -13,7 +13,8 @@ import sys
 import time
 from typing import NamedTuple
 
-__all__ = ["CpuReport", "cpu_count", "cpu_report", "default_start_method", "thread_count"]
+__all__ = ["CpuReport", "affinity", "cpu_count", "cpu_report", "default_start_method",
+           "thread_count"]
 
 
 class CpuReport(NamedTuple):
@@ -34,7 +35,8 @@ class CpuReport(NamedTuple):
         return f"{self.usable} usable ({', '.join(limits)})"
 
 
-def _affinity() -> int | None:
+def affinity() -> int | None:
+    """The CPUs this process may run on (its affinity mask); None where unknown."""
     getter = getattr(os, "sched_getaffinity", None)
     if getter is None:
         return None
@@ -106,13 +108,13 @@ def _static_limits(root: str) -> tuple[int, float | None]:
 def cpu_report(cgroup_root: str | os.PathLike[str] = "/sys/fs/cgroup") -> CpuReport:
     """The usable CPU count with each limit that went into it."""
     host, quota = _static_limits(os.fspath(cgroup_root))
-    affinity = _affinity()
+    allowed = affinity()
     usable = host
-    if affinity is not None:
-        usable = min(usable, affinity)
+    if allowed is not None:
+        usable = min(usable, allowed)
     if quota is not None:
         usable = min(usable, math.ceil(quota))
-    return CpuReport(usable=max(1, usable), host=host, affinity=affinity, cgroup_quota=quota)
+    return CpuReport(usable=max(1, usable), host=host, affinity=allowed, cgroup_quota=quota)
 
 
 def cpu_count() -> int:

@@ -37,7 +37,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _costs, _scope
-from ._cpu import thread_count
+from ._cpu import affinity, thread_count
 from ._pickling import explain_item, explain_unpicklable
 from .backends.base import Chunk, Job
 
@@ -292,8 +292,7 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
         if not wanted:
             process.withdraw_server()
             return
-        affinity = getattr(os, "sched_getaffinity", None)
-        if (len(affinity(0)) if affinity else os.cpu_count() or 1) >= 2:  # workers(): later
+        if (affinity() or os.cpu_count() or 1) >= 2:  # the CPU limits (workers()): later
             process.launch_server(options)
 
     def prepare() -> None:
@@ -326,8 +325,8 @@ def arrange(job: Job, source: Input, options: Options, block: _scope.Block | Non
                 lease.backend.submit(chunk)
         return chunks
 
-    # Started from a thread, the pool uses the fork server, started early
-    # (PREPARE_AFTER), or spawn if asked for, whose start is the slowest.
+    # Started from a thread, the pool uses the fork server, launched early
+    # (LAUNCH_AFTER), or spawn if asked for, whose start is the slowest.
     startup = _costs.startup_estimate("spawn", 2) if options.start_method == "spawn" else 0.0
     return HeadStart(launch, prepare, start, send, max(HEAD_START, HEAD_FRACTION * startup))
 

@@ -176,9 +176,9 @@ def crash_message(worker: Worker, code: int | None, index: int, chunk: Chunk) ->
 
 
 def server_pid() -> int | None:
-    """The fork server's pid, if one runs (none can before launch is imported)."""
-    launch = sys.modules.get(f"{__package__}.launch")
-    return None if launch is None else launch.server_pid()
+    """The fork server's pid, if one runs (none can before its module is imported)."""
+    server = sys.modules.get(f"{__package__}.server")
+    return None if server is None else server.server_pid()
 
 
 # -- process-wide hooks ------------------------------------------------------------------
