@@ -121,3 +121,38 @@ def test_workers_share_the_callers_resource_tracker(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == list(range(6))
     assert "leaked" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+KILLED_BEFORE_IT_ANSWERS = textwrap.dedent("""
+    import os, signal, threading, time
+    from parloop.backends.process import server
+
+    server.ensure_running()
+    with server._server.lock:
+        server._server._tracker()  # answered: the server is up and serving
+    pid = server.server_pid()
+    os.kill(pid, signal.SIGSTOP)
+    outcome = []
+
+    def request():
+        try:
+            server.fork([])
+            outcome.append("forked")
+        except BaseException as exc:
+            outcome.append(type(exc).__name__)
+
+    thread = threading.Thread(target=request, daemon=True)
+    thread.start()
+    time.sleep(0.2)  # the request waits in the stopped server's socket
+    os.kill(pid, signal.SIGKILL)
+    thread.join(10)
+    print("hung" if thread.is_alive() else outcome[0])
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_server_killed_before_it_answers_fails_the_request_instead_of_hanging() -> None:
+    # The caller must not hold the write end of the pipe the answer comes
+    # on, or the read waits forever (the random-kill test once hung there).
+    assert _run(KILLED_BEFORE_IT_ANSWERS) in ("EOFError", "ConnectionRefusedError",
+                                             "BrokenPipeError")

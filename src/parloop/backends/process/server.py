@@ -17,9 +17,10 @@ README):
   in the caller first (a whole interpreter, ~25 ms of CPU, competing with
   the server's boot). parloop's workers keep nothing in it (shared memory
   here is unlinked by name: ``shm``), but the user's code in a worker
-  may (a ``SharedMemory`` it creates or attaches to): the server forks
-  its workers' tracker from itself, in ~1 ms, and it cleans up at the
-  caller's exit, as multiprocessing's would.
+  may (a ``SharedMemory`` it creates or attaches to): the server forks a
+  tracker from itself, in ~1 ms, which the caller adopts when it has none
+  of its own, so that caller and workers share one, as under
+  multiprocessing, and it cleans up at the caller's exit.
 * **It imports only what its workers need** (multiprocessing's process
   and pickling modules, parloop's worker) and then the libraries of the
   caller's main module, never the main module itself (see ``launch``).
@@ -66,8 +67,7 @@ class ForkServer:
         self._alive_w: int | None = None  # the server exits when this closes
         self._owner = 0  # the process that started it (a fork of it has none)
         self.forks = 0  # workers it has forked
-        self._ending = False  # end() is registered to run at exit, for a server
-        self._ended_by_pools = False  # ... that never forked, and one that did
+        self._finalized = False  # end() is registered to run after the pools' finalizers
 
     @property
     def pid(self) -> int | None:
@@ -101,8 +101,10 @@ class ForkServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(EXIT_WAIT)
 
-    def _end_unforked(self) -> None:
-        if self.forks == 0:
+    def end_unforked(self) -> None:
+        """(At exit.) End a server that forked no worker (one that did is
+        ended after the pools, see ``fork``)."""
+        if not self._finalized:
             self.end()
 
     def disown(self) -> None:
@@ -134,9 +136,6 @@ class ForkServer:
             os.close(alive_r)
         self._requests, self._alive_w, self._owner = ours, alive_w, os.getpid()
         self.forks = 0
-        if not self._ending:  # once per process; see end()
-            self._ending = True
-            atexit.register(self._end_unforked)
 
     def stop(self) -> None:
         """End it now (lock held; running)."""
@@ -156,9 +155,16 @@ class ForkServer:
         status_r, status_w = os.pipe()
         data_r, data_w = os.pipe()
         try:
-            socket.send_fds(self._requests, [b"f"], [data_r, status_w, tracker, *fds])
-            if self.forks == 0 and not self._ended_by_pools:
-                self._ended_by_pools = True
+            try:
+                socket.send_fds(self._requests, [b"f"], [data_r, status_w, tracker, *fds])
+            finally:
+                # Only the server may hold these now: were the caller to keep
+                # its copy of the status pipe's write end, a server killed
+                # before it answers would leave the read below waiting forever.
+                os.close(data_r)
+                os.close(status_w)
+            if not self._finalized:
+                self._finalized = True
                 from multiprocessing import util
 
                 # Run at exit after the finalizers of priority 0 and up,
@@ -170,9 +176,6 @@ class ForkServer:
             os.close(status_r)
             os.close(data_w)
             raise
-        finally:
-            os.close(data_r)
-            os.close(status_w)
         return status_r, data_w, pid
 
     def _tracker(self) -> int:
@@ -287,3 +290,4 @@ def libraries_of_main() -> list[str]:
 # A fork of this process (a fork worker, the user's own fork) must not use
 # the server, nor keep it alive.
 os.register_at_fork(after_in_child=_server.disown)
+atexit.register(_server.end_unforked)
