@@ -224,7 +224,7 @@ class Trial:
 class _Shared:
     """The trial's items, taken one at a time by whichever thread is free:
     the two end together whatever the items cost, and a helper that starts
-    late (it loads the thread backend first) leaves its part to the caller
+    late (a new thread, or one running ``ready`` first) leaves its part to the caller
     instead of keeping the caller waiting at the end. Items are taken in
     order, so those run are always the first ``taken``."""
 
@@ -301,8 +301,9 @@ def run_trial(call: Callable[[Any], Any], items: list[Any],
               per_item: float | None = None, wins: float = math.inf) -> Trial:
     """Run ``items`` here and on a helper thread (from ``_threadpool``, which
     keeps it for the thread backend) at once. The helper first calls
-    ``ready`` (loading the thread backend: ~1.5 ms the caller would
-    otherwise spend between the trial and the pool, with both CPUs idle).
+    ``ready``, if given: whatever it must do before its first item (it
+    loaded the thread backend, until the engine did: there, beside the
+    caller's items, that held the helper's first item back by ~2-3 ms).
     An exception the helper met is returned in its item's place, like any
     other; KeyboardInterrupt in the caller stops both. With ``per_item``
     (one thread's seconds per item), a trial that is losing, or not
