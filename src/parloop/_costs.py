@@ -48,11 +48,15 @@ ITEM_OVERHEAD = 0.5e-6
 
 # Seconds to start a pool of n workers, by start method: (fixed, per worker).
 # "forkserver-cold": the fork server itself must start first (a new
-# interpreter that imports parloop and the main module's libraries), once.
+# interpreter that imports parloop and the main module's libraries), once:
+# parloop's own server, with NumPy imported by the main module, measured
+# 40-45 ms fixed here (AMD EPYC; multiprocessing's, with its resource
+# tracker, had cost ~0.25 s, the estimate until stop s26, which kept a
+# 40 x 5 ms call serial for no more than NumPy's import).
 _STARTUP: dict[str, tuple[float, float]] = {
     "fork": (0.004, 0.004),
     "forkserver": (0.005, 0.02),
-    "forkserver-cold": (0.25, 0.02),
+    "forkserver-cold": (0.06, 0.02),
     "spawn": (0.05, 0.06),
     "thread": (0.0, 0.0001),
 }
