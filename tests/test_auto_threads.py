@@ -25,11 +25,13 @@ from parloop._planner import MARGIN, THREADS_GAIN, PoolCost, Probe
 from parloop._threads import (
     LOSING,
     MAX_THREADS,
+    RUN_ON,
     Trial,
     parallel_share,
     projected_speedup,
     run_delay,
     run_trial,
+    runs_on,
     thread_count,
 )
 
@@ -301,6 +303,74 @@ def test_thread_counts() -> None:
     assert thread_count(2, 0.0, 1000) == MAX_THREADS  # it only waits
     assert thread_count(2, 0.25, 1000) == 8  # keeps a quarter of a CPU busy: 4 per CPU
     assert thread_count(4, 0.01, 10) == 10  # never more threads than items
+
+
+def test_a_short_rest_runs_on_the_trials_two_threads_only_when_a_pool_would_have_two() -> None:
+    assert runs_on(2, 40, 0.5e-3)  # 20 ms of work: no thread pool's hand-over
+    assert runs_on(2, 1, RUN_ON)
+    assert not runs_on(2, 1000, 0.5e-3)  # 0.5 s: the pool, which streams its results
+    assert not runs_on(4, 40, 0.5e-3)  # a pool of four threads does more than the trial's two
+    assert not runs_on(32, 40, 0.5e-3)  # items that mostly wait get many threads
+    assert not runs_on(2, None, 0.5e-3)  # a rest of unknown length
+    assert not runs_on(2, 0, 0.5e-3)
+
+
+def _digest_where(blob: bytes) -> tuple[str, str]:
+    import hashlib
+
+    return hashlib.sha256(blob).hexdigest(), threading.current_thread().name
+
+
+def _digest_or_fail(blob: bytes) -> tuple[str, str]:
+    if blob[0] == 7:
+        raise ValueError("item 7")
+    return _digest_where(blob)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("first_call", [True, False])
+def test_a_short_rest_bound_for_two_threads_runs_on_the_caller_and_one_helper(
+        first_call: bool) -> None:
+    # A function that releases the GIL, 1 MB sha256s (~0.5 ms each): the
+    # rest of the call goes to two threads (workers=2), and is short, so the
+    # caller and one helper thread run it, as in the trial, with no pool.
+    # The history makes threads the choice whatever the machine's load;
+    # with first_call, a trial measured it (and on a busy machine may not
+    # choose threads: then nothing is asserted of where items ran).
+    import hashlib
+
+    blobs = [bytes([i]) * 2**20 for i in range(40)]
+    if not first_call:
+        for value, side in ((0.5e-3, "serial"), (1.9, "trial"), (1.0, "share")):
+            _costs.remember(_digest_where, value, side)
+    fn = parallel_for(_digest_where, workers=2)
+    results = fn(blobs)
+    assert [digest for digest, _ in results] == [hashlib.sha256(b).hexdigest() for b in blobs]
+    plan = fn.last_plan
+    assert plan is not None
+    if first_call and plan.backend != "thread":
+        return
+    assert plan.backend == "thread" and plan.workers == 2, plan.reason
+    assert "ran on the caller and one helper thread" in plan.reason, plan.reason
+    threads = {name for _, name in results}
+    assert threading.current_thread().name in threads and len(threads) <= 2, threads
+    if not first_call:
+        assert "no probe" in plan.reason, plan.reason
+
+
+@pytest.mark.timeout(60)
+def test_an_item_that_raises_on_the_run_on_keeps_every_other_result() -> None:
+    for value, side in ((0.5e-3, "serial"), (1.9, "trial"), (1.0, "share")):
+        _costs.remember(_digest_or_fail, value, side)
+    fn = parallel_for(_digest_or_fail, workers=2, errors="return")
+    results = fn([bytes([i]) * 2**20 for i in range(40)])
+    plan = fn.last_plan
+    assert plan is not None and "ran on the caller and one helper" in plan.reason, plan.reason
+    assert isinstance(results[7], ValueError)
+    assert all(isinstance(r, tuple) for k, r in enumerate(results) if k != 7)
+    fn = parallel_for(_digest_or_fail, workers=2)  # errors="raise": the error, in order
+    with pytest.raises(ValueError, match="item 7"):
+        fn([bytes([i]) * 2**20 for i in range(40)])
 
 
 def test_a_function_that_releases_the_gil_goes_to_threads() -> None:

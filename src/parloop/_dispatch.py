@@ -190,6 +190,8 @@ class _Call:
             if problem is not None:
                 raise problem
         plan.caller_seconds = time.perf_counter() - self.stats.started
+        if self.loop.ran_on:
+            return
         if plan.backend == "serial":
             self.source.put_back()
             yield from self.loop.run()
@@ -280,6 +282,13 @@ class _Call:
             return
         if verdict.backend == "thread":
             plan.backend, self._workers = "thread", verdict.workers
+            left = self.source.remaining
+            if self.job.setup is None and _threads.runs_on(verdict.workers, left, verdict.per_item):
+                why, plan.workers = plan.why, 2
+                plan.reason = lambda: (f"{why}; the rest ran on the caller and one helper "
+                                       f"thread, as the trial did: {left} items, too few for "
+                                       f"a thread pool's hand-over")
+                yield from self.loop.run_on()
             return
         if verdict.serial_more:
             yield from self.loop.run(verdict.serial_more)

@@ -52,6 +52,7 @@ class SerialLoop:
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
         self.trial_cut = False  # ... and it stopped early (see _threads._Shared.take)
+        self.ran_on = False  # the rest ran on two threads here (run_on)
         self.cpu_share = 1.0  # the CPU share of the probe's median item
         self.transfer: float | None = None  # an item's transfer, if the probe measured it
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
@@ -163,8 +164,30 @@ class SerialLoop:
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.sure()  # else it decides this call only
         self.trial_cut = trial.cut is not None
+        yield from self._settled(trial.results, items, start)
+        if error is not None:
+            raise error
+        return trial.failed or trial.cut is not None or trial.steady() is not None \
+            or not trial.warmed_up()
+
+    def run_on(self) -> Iterator[list[Any]]:
+        """Run the rest on two threads at once, as a trial does, untimed
+        (see ``_threads.runs_on``)."""
+        self.ran_on = True
+        start = self.source.index
+        items, error = self.source.take(self.source.remaining or 0)
+        if items:
+            yield from self._settled(run_trial(self.call, items).results, items, start)
+        if error is not None:
+            raise error
+
+    def _settled(self, results: list[tuple[Any, BaseException | None]], items: list[Any],
+                 start: int) -> Iterator[list[Any]]:
+        """Items run on two threads (``items[k]`` gave ``results[k]``, a value
+        or an exception), out in order with their errors settled, as the
+        serial loop would have."""
         batch: list[Any] = []
-        for offset, (result, exc) in enumerate(trial.results):
+        for offset, (result, exc) in enumerate(results):
             if exc is not None:
                 if not isinstance(exc, Exception):
                     raise exc  # SystemExit and the like, raised in the helper thread
@@ -176,10 +199,6 @@ class SerialLoop:
                     raise
             batch.append(result)
         yield from self._emit(batch, start)
-        if error is not None:
-            raise error
-        return trial.failed or trial.cut is not None or trial.steady() is not None \
-            or not trial.warmed_up()
 
     def _emit(self, batch: list[Any], start: int) -> Iterator[list[Any]]:
         """``batch``, the results of items ``start``, ``start + 1``..., out."""

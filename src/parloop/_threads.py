@@ -40,7 +40,7 @@ from ._threadpool import SimpleQueue, take
 
 __all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "STARVED", "STOP_ITEMS", "TRIAL_KEPT",
            "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial", "describe", "gil_enabled",
-           "kept_as", "projected_speedup", "run_delay", "run_trial", "thread_count"]
+           "kept_as", "projected_speedup", "run_delay", "run_trial", "runs_on", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -65,6 +65,10 @@ WARM_UP = 3.0  # a thread's first item this many times slower than its others: a
 #: past their first, ran at under LOSING of one thread's speed (see _Shared.take)
 STOP_ITEMS = 4
 LOSING = 0.7
+#: seconds of serial work left after a trial, at most, that the trial's two
+#: threads finish themselves when a pool of two threads was chosen (see
+#: ``runs_on``)
+RUN_ON = 0.1
 #: the trial's two threads waited for a CPU (not for the GIL) this share of
 #: its wall time between them: other programs held the CPUs, and the reading
 #: decides this call only (see ``Trial.starved``)
@@ -99,6 +103,19 @@ def describe(speedup: float, threads: int, threaded: float | None, starved: bool
         return f"; on 2 threads at once items ran {speedup:.2f}x as fast as on one ({why})"
     return (f"; releases the GIL (2 threads: {speedup:.2f}x{'; ' + busy if starved else ''}): "
             f"{threads} threads ≈ {format_seconds(threaded)}")
+
+
+def runs_on(threads: int | None, remaining: int | None, per_item: float) -> bool:
+    """Whether a rest of ``remaining`` items, bound for a pool of ``threads``
+    threads, runs on the caller and one helper thread instead, as a trial
+    does: when the pool would have two threads too, and the rest is short.
+    Handing it to a pool (a new thread to start, chunks to queue and
+    collect) took 1-4 ms between the trial's last item and the pool's
+    second thread's first, with both CPUs idle part of it: 64 sha256 of
+    1 MB ran 1.16x a ThreadPoolExecutor that way, and 0.99x with the trial
+    going on (fresh interpreters, median of 30). Past RUN_ON of work, the
+    pool's streaming of results in batches matters more."""
+    return threads == 2 and remaining is not None and 0 < remaining * per_item <= RUN_ON
 
 
 def thread_count(cpus: int, cpu_share: float, remaining: int) -> int:
