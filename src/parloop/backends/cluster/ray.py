@@ -157,6 +157,15 @@ class RayBackend(ClusterBackend):
     def _stop(self, handles: list[Any], hard: bool = False) -> None:
         # A plain cancel interrupts a running task with KeyboardInterrupt, which
         # the task takes as its signal to stop; ``hard`` kills its worker.
+        # Tasks already done are left alone: a cancel that races a task's
+        # completion can abort the whole driver process in Ray (a failed
+        # RAY_CHECK, "Tried to complete task that was not pending", seen
+        # once under Ray 2.60 in this suite; ray-project/ray#54846 is its kin).
+        if handles:
+            done, _ = self._ray.wait(handles, num_returns=len(handles), timeout=0,
+                                     fetch_local=False)
+            finished = set(done)
+            handles = [ref for ref in handles if ref not in finished]
         for ref in handles:
             crew, index = self._crew_of(ref)
             if crew is None:
