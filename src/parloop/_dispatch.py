@@ -288,7 +288,7 @@ class _Call:
                 plan.reason = lambda: (f"{why}; the rest ran on the caller and one helper "
                                        f"thread, as the trial did: {left} items, too few for "
                                        f"a thread pool's hand-over")
-                yield from self.loop.run_on()
+                yield from self.loop.run_on(verdict.per_item)
             return
         if verdict.serial_more:
             yield from self.loop.run(verdict.serial_more)

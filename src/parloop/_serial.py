@@ -14,7 +14,7 @@ from ._input import Input
 from ._planner import THREADS_GAIN, PoolCost, Probe, Verdict
 from ._policy import ErrorPolicy
 from ._stats import RunStats
-from ._threads import run_trial
+from ._threads import RUN_ON_BLOCK, run_trial
 
 # Loaded with the engine (~1 ms), not by a trial's helper thread: imported
 # there, beside the caller's items, it held the helper's first item back by
@@ -170,14 +170,17 @@ class SerialLoop:
         return trial.failed or trial.cut is not None or trial.steady() is not None \
             or not trial.warmed_up()
 
-    def run_on(self) -> Iterator[list[Any]]:
-        """Run the rest on two threads at once, as a trial does, untimed
-        (see ``_threads.runs_on``)."""
+    def run_on(self, per_item: float) -> Iterator[list[Any]]:
+        """Run the rest on two threads at once, as a trial does, untimed,
+        each taking ~RUN_ON_BLOCK seconds of items at a time (see
+        ``_threads.runs_on``)."""
         self.ran_on = True
         start = self.source.index
         items, error = self.source.take(self.source.remaining or 0)
         if items:
-            yield from self._settled(run_trial(self.call, items).results, items, start)
+            block = max(1, int(RUN_ON_BLOCK / max(per_item, 1e-9)))
+            yield from self._settled(run_trial(self.call, items, block=block).results, items,
+                                     start)
         if error is not None:
             raise error
 

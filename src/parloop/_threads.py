@@ -38,9 +38,10 @@ from typing import Any
 from ._plan import format_seconds
 from ._threadpool import SimpleQueue, take
 
-__all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "STARVED", "STOP_ITEMS", "TRIAL_KEPT",
-           "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial", "describe", "gil_enabled",
-           "kept_as", "projected_speedup", "run_delay", "run_trial", "runs_on", "thread_count"]
+__all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "RUN_ON", "RUN_ON_BLOCK", "STARVED",
+           "STOP_ITEMS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial",
+           "describe", "gil_enabled", "kept_as", "projected_speedup", "run_delay", "run_trial",
+           "runs_on", "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -69,6 +70,9 @@ LOSING = 0.7
 #: threads finish themselves when a pool of two threads was chosen (see
 #: ``runs_on``)
 RUN_ON = 0.1
+#: seconds of items each of those threads takes at a time: the last block's
+#: imbalance stays small, and the per-item cost of taking items is spread
+RUN_ON_BLOCK = 0.5e-3
 #: the trial's two threads waited for a CPU (not for the GIL) this share of
 #: its wall time between them: other programs held the CPUs, and the reading
 #: decides this call only (see ``Trial.starved``)
@@ -246,8 +250,9 @@ class _Shared:
     order, so those run are always the first ``taken``."""
 
     def __init__(self, items: list[Any], per_item: float | None = None,
-                 wins: float = math.inf) -> None:
+                 wins: float = math.inf, block: int = 1) -> None:
         self.items = items
+        self.block = block  # items taken at a time (more than 1: untimed, see run_trial)
         self.results: list[tuple[Any, BaseException | None]] = [(None, None)] * len(items)
         self.marks: list[list[tuple[float, float]]] = []  # see Trial
         self.stopped = False  # the caller was interrupted: take nothing more
@@ -262,8 +267,8 @@ class _Shared:
         self._lock = _thread.allocate_lock()
 
     def take(self, done: int) -> int | None:
-        """The next item's index, for a thread that has finished ``done``
-        items; None when there is none left, or the trial has shown enough:
+        """The index of the next ``block`` items, for a thread that has finished
+        ``done`` blocks; None when there is none left, or the trial has shown enough:
         the items finished since both threads were past their first (a
         warm-up, see ``Trial.steady``) number STOP_ITEMS and ran at under
         LOSING of one thread's speed, or STEADY_ITEMS (as many as a steady
@@ -285,20 +290,23 @@ class _Shared:
                 if speedup < LOSING or (self._after >= STEADY_ITEMS and speedup < self._wins):
                     self.cut = speedup
                     return None
-            self.taken += 1
-            return self.taken - 1
+            start, self.taken = self.taken, min(self.taken + self.block, len(self.items))
+            return start
 
     def run(self, call: Callable[[Any], Any], catch: type[BaseException]) -> None:
         """Run items here until none is left; this thread's marks go to ``marks``."""
-        clock, cpu_clock, results = time.perf_counter, time.thread_time, self.results
+        clock, cpu_clock, results, items = time.perf_counter, time.thread_time, \
+            self.results, self.items
+        block, count = self.block, len(items)
         delay = run_delay()
         mine = [(clock(), cpu_clock())]
         try:
-            while (index := self.take(len(mine) - 1)) is not None:
-                try:
-                    results[index] = (call(self.items[index]), None)
-                except catch as exc:  # settled (or re-raised) by the caller, in order
-                    results[index] = (None, exc)
+            while (start := self.take(len(mine) - 1)) is not None:
+                for index in (start,) if block == 1 else range(start, min(start + block, count)):
+                    try:
+                        results[index] = (call(items[index]), None)
+                    except catch as exc:  # settled (or re-raised) by the caller, in order
+                        results[index] = (None, exc)
                 mine.append((clock(), cpu_clock()))
         except BaseException:
             self.stopped = True
@@ -315,7 +323,7 @@ class _Shared:
 
 def run_trial(call: Callable[[Any], Any], items: list[Any],
               ready: Callable[[], object] | None = None,
-              per_item: float | None = None, wins: float = math.inf) -> Trial:
+              per_item: float | None = None, wins: float = math.inf, block: int = 1) -> Trial:
     """Run ``items`` here and on a helper thread (from ``_threadpool``, which
     keeps it for the thread backend) at once. The helper first calls
     ``ready``, if given: whatever it must do before its first item (it
@@ -325,8 +333,11 @@ def run_trial(call: Callable[[Any], Any], items: list[Any],
     other; KeyboardInterrupt in the caller stops both. With ``per_item``
     (one thread's seconds per item), a trial that is losing, or not
     reaching the speedup ``wins``, stops early (see ``_Shared.take``): its
-    ``results`` are then those of the first items only."""
-    shared = _Shared(items, per_item, wins)
+    ``results`` are then those of the first items only. With ``block``, each
+    thread takes that many items at a time (for a run that is not a trial:
+    one at a time, the shared loop costs ~1.3 µs per item, and 3000 sha256
+    of 32 KB ran 1.06x a thread pool's time)."""
+    shared = _Shared(items, per_item, wins, block)
     finished: SimpleQueue[None] = SimpleQueue()
     helper = take(1)[0]
     clock, cpu_clock = time.perf_counter, time.process_time
