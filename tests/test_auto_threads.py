@@ -144,6 +144,20 @@ def test_a_trial_shares_its_items_so_a_late_helper_costs_no_wait() -> None:
     assert result.lead > 0  # the caller's lone start, left out of the trial's reading
 
 
+def test_a_run_in_blocks_runs_every_item_once_in_order_with_its_error_in_place() -> None:
+    def item(x: int) -> int:
+        if x == 37:
+            raise ValueError("37")
+        time.sleep(0.0001)
+        return x * x
+
+    result = run_trial(item, list(range(100)), block=16)
+    assert len(result.results) == 100
+    assert isinstance(result.results[37][1], ValueError)
+    assert [value for k, (value, _exc) in enumerate(result.results) if k != 37] == \
+        [x * x for x in range(100) if x != 37]
+
+
 def test_an_interrupted_trial_stops_the_helper_too() -> None:
     # KeyboardInterrupt in the caller's item: the helper takes no further
     # item (it used to run its whole half), and the interrupt reaches the caller.
