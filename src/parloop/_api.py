@@ -101,11 +101,18 @@ class _Calls:
             yield result
 
 
-class _BoundParallelFunction(_Calls, wrapt.BoundFunctionWrapper[Any, Any]):
+if TYPE_CHECKING:  # wrapt's stubs are generic; its classes are not before wrapt 2
+    _BoundWrapper = wrapt.BoundFunctionWrapper[Any, Any]
+    _Wrapper = wrapt.FunctionWrapper[Any, Any]
+else:
+    _BoundWrapper, _Wrapper = wrapt.BoundFunctionWrapper, wrapt.FunctionWrapper
+
+
+class _BoundParallelFunction(_Calls, _BoundWrapper):
     _parloop_wrapper = True
 
 
-class _ParallelFunction(_Calls, wrapt.FunctionWrapper[Any, Any]):
+class _ParallelFunction(_Calls, _Wrapper):
     _parloop_wrapper = True
     __bound_function_wrapper__ = _BoundParallelFunction
 
