@@ -13,6 +13,13 @@ whenever it is read.
 The thread count is the library's own answer (``openblas_get_num_threads``
 and its kin, found in the shared objects listed in ``/proc/self/maps``), the
 way threadpoolctl asks, without depending on it.
+
+A reading cannot tell BLAS threads at work from BLAS threads waiting for
+work: OpenBLAS's spin on a CPU for a while after they start and after each
+call (~30 ms after NumPy's import here, ~100 ms after a product), so a pure
+Python item run just after ``import numpy`` reads as keeping two CPUs busy.
+``one_thread`` caps the library at one thread per call for one item: an
+item that runs no slower so (``CAPPED_SLOWER``) did not need its threads.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["BUSY", "MODULES", "STALL", "blas_threads", "describe", "item_clock", "loaded"]
+__all__ = ["BUSY", "CAPPED_SLOWER", "MODULES", "STALL", "blas_threads", "describe", "item_clock",
+           "loaded", "one_thread"]
 
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
@@ -34,17 +42,25 @@ BUSY = 1.25
 #: 15-28 ms in 4 trials of 12 here (a whole call of 64 runs in ~24 ms alone)
 STALL = 0.02
 
-#: (a word in the shared object's file name, the calls that return its thread count)
+#: an item run with BLAS capped at one thread, no slower than this times the
+#: median item, did not use BLAS's threads (a product on two threads ran
+#: 1.6-1.9x faster than on one here; items vary by ~10% from one to the next)
+CAPPED_SLOWER = 1.3
+
+#: (a word in the shared object's file name, the calls that return its thread
+#: count, the calls that set it)
 _COUNTERS = (
     ("openblas", ("openblas_get_num_threads", "openblas_get_num_threads64_",
-                  "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads")),
-    ("mkl", ("MKL_Get_Max_Threads",)),
-    ("blis", ("bli_thread_get_num_threads",)),
+                  "scipy_openblas_get_num_threads64_", "scipy_openblas_get_num_threads"),
+     ("openblas_set_num_threads", "openblas_set_num_threads64_",
+      "scipy_openblas_set_num_threads64_", "scipy_openblas_set_num_threads")),
+    ("mkl", ("MKL_Get_Max_Threads",), ("MKL_Set_Num_Threads",)),
+    ("blis", ("bli_thread_get_num_threads",), ("bli_thread_set_num_threads",)),
 )
 
-# The count calls found so far, by library name, and how many modules were
-# loaded when the maps were last read (a library loads with a module).
-_found: dict[str, Callable[[], int]] = {}
+# The (count, set) calls found so far, by library name, and how many modules
+# were loaded when the maps were last read (a library loads with a module).
+_found: dict[str, tuple[Callable[[], int], Callable[[int], None] | None]] = {}
 _scanned_at = -1
 
 
@@ -91,7 +107,7 @@ def blas_threads() -> tuple[str, int] | None:
         return None
     _scan()
     best: tuple[str, int] | None = None
-    for name, count in _found.items():
+    for name, (count, _) in _found.items():
         try:
             threads = int(count())
         except (OSError, ValueError):
@@ -99,6 +115,34 @@ def blas_threads() -> tuple[str, int] | None:
         if threads > 1 and (best is None or threads > best[1]):
             best = (name, threads)
     return best
+
+
+def one_thread() -> Callable[[], None] | None:
+    """Cap every loaded BLAS that runs more than one thread per call at one;
+    the call that undoes it, or None when there was none to cap, or another
+    thread of the program's own might be calling BLAS meanwhile (the cap is
+    the whole process's)."""
+    me = threading.current_thread()
+    if not loaded() or any(thread is not me and not thread.name.startswith("parloop")
+                           for thread in threading.enumerate()):
+        return None
+    _scan()
+    capped: list[tuple[Callable[[int], None], int]] = []
+    for count, set_count in _found.values():
+        try:
+            threads = int(count())
+            if threads > 1 and set_count is not None:
+                set_count(1)
+                capped.append((set_count, threads))
+        except (OSError, ValueError):
+            continue
+    if not capped:
+        return None
+
+    def undo() -> None:
+        for set_count, threads in capped:
+            set_count(threads)
+    return undo
 
 
 def describe(cpus: float, blas: tuple[str, int] | None = None) -> str:
@@ -128,24 +172,26 @@ def _scan() -> None:
     paths = {parts[5].strip() for parts in fields if len(parts) == 6}
     for path in paths:
         base = path.rsplit("/", 1)[-1].lower()
-        for name, calls in _COUNTERS:
+        for name, counts, sets in _COUNTERS:
             if name in base and name not in _found and ".so" in base:
-                count = _count_call(path, calls)
-                if count is not None:
-                    _found[name] = count
+                calls = _calls(path, counts, sets)
+                if calls is not None:
+                    _found[name] = calls
 
 
-def _count_call(path: str, calls: tuple[str, ...]) -> Callable[[], int] | None:
+def _calls(path: str, counts: tuple[str, ...], sets: tuple[str, ...]
+           ) -> tuple[Callable[[], int], Callable[[int], None] | None] | None:
     import ctypes  # ~3 ms: only once a library that may be a BLAS is loaded
 
     try:
         library = ctypes.CDLL(path)  # already loaded: this only finds it
     except OSError:
         return None
-    for symbol in calls:
-        call = getattr(library, symbol, None)
-        if call is not None:
-            call.restype = ctypes.c_int
-            call.argtypes = []
-            return call  # type: ignore[no-any-return]
-    return None
+    count, set_count = (next(filter(None, (getattr(library, name, None) for name in names)), None)
+                        for names in (counts, sets))
+    if count is None:
+        return None
+    count.restype, count.argtypes = ctypes.c_int, []
+    if set_count is not None:
+        set_count.restype, set_count.argtypes = None, [ctypes.c_int]
+    return count, set_count

@@ -34,23 +34,31 @@ from . import _costs, _native, _threads
 from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
 from ._costs import PoolCost, pool_cost
 from ._plan import Reason, format_seconds
+from ._projections import (
+    LATENCY,
+    LONG_ITEM,
+    MARGIN,
+    projections,
+    threads_projection,
+    threads_win,
+    trial_cannot_pay,
+)
 
-__all__ = ["CHUNK_SECONDS", "MIN_CHUNK_SECONDS", "ChunkSizer", "PoolCost", "Probe", "Verdict",
-           "pool_cost", "projections", "threads_projection", "threads_win", "trial_cannot_pay"]
+__all__ = ["CHUNK_SECONDS", "LATENCY", "LONG_ITEM", "MARGIN", "MIN_CHUNK_SECONDS", "ChunkSizer",
+           "PoolCost", "Probe", "Verdict", "pool_cost", "projections", "threads_projection",
+           "threads_win", "trial_cannot_pay"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
 CLEAR_WIN = 1.5  # stop probing early once one side wins by this factor
-LATENCY = 0.002  # fixed cost of a parallel run: wake-ups, first round trip, shutdown
-MARGIN = 1.2  # a pool must be projected this much faster: estimates err toward the pool
 HEAVY_ITEM = 0.001  # seconds: an item this slow is measured well enough alone
 THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is held
 #: seconds: items this long go to processes without a thread trial (two of them
 #: would cost more than threads could save; see _headstart), on later calls too
 NO_TRIAL_ITEM = 0.1
-LONG_ITEM = 0.02  # seconds: CPU-bound items this long are tried on threads if that can pay
 #: items keeping this share of the CPUs busy in the caller (BLAS) are not tried on threads
 BUSY_CORES = 0.75
+CAP_AFTER = 16  # items that must be left for one to run with BLAS capped (see wants_cap)
 
 
 class Verdict:
@@ -87,6 +95,8 @@ class Probe:
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
+        self.blas_free: bool | None = None  # an item ran as fast with BLAS capped (None: not tried)
+        self.capped = ""  # what that item showed, for the plan's reason
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")
@@ -153,11 +163,34 @@ class Probe:
         Only with a library loaded that runs native thread pools: otherwise
         CPU time other threads spend meanwhile (idle BLAS threads spin for
         a while after work) would count against a pure Python function."""
-        if not self.cpu or not _native.loaded():
+        if not self.cpu or not _native.loaded() or self.blas_free:
             return 1.0
         wall = sum(self.times)
         used = sum(self.cpu) / wall if wall > 0 else 1.0
         return min(max(1.0, used), float(max(1, self.pool.workers)))
+
+    def wants_cap(self) -> bool:
+        """Whether the next item should run with BLAS capped at one thread:
+        the items so far kept more than one CPU busy, which BLAS threads
+        spinning idle can fake (see ``_native``), the median is known, and
+        enough items are left that one run up to twice as long (when BLAS
+        does use its threads) is a small part of the call."""
+        return self.blas_free is None and bool(self.times) \
+            and (len(self.times) >= 2 or self.times[0] >= HEAVY_ITEM) \
+            and (self.total is None or self.total - len(self.times) >= CAP_AFTER) \
+            and self.cores_used() >= _native.BUSY
+
+    def note_capped(self, seconds: float) -> bool:
+        """An item's seconds with BLAS capped; whether it counts as one of the
+        probe's items (it does when it ran no slower: the items do not use
+        BLAS's threads, and their readings of more CPUs were its idle spin)."""
+        cost, cpus = self.per_item(), self.cores_used()
+        self.blas_free = seconds <= _native.CAPPED_SLOWER * cost
+        self.capped = (f"; one item ran in {format_seconds(seconds)} with BLAS capped at one "
+                       f"thread (median {format_seconds(cost)}): "
+                       + (f"its threads' idle spin read as {cpus:.1f} CPUs busy"
+                          if self.blas_free else f"the items use its threads ({cpus:.1f} CPUs)"))
+        return self.blas_free
 
     def cpu_share(self) -> float:
         """The calling thread's CPU seconds per wall second of the median item (under
@@ -268,7 +301,7 @@ class Probe:
         cost = self.per_item()
 
         def probed() -> str:
-            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}"
+            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{self.capped}"
         if self.total is not None:
             remaining = self.total - seen
             if remaining <= 0:
@@ -351,50 +384,3 @@ class Probe:
             f"{probed()} of unknown count: a pool is faster per item "
             f"(~{format_seconds(per_item_parallel)}); switched after running "
             f"~{format_seconds(pool.startup)} of items serially (the pool's start-up cost)"), cost)
-
-
-def projections(remaining: int, cost: float, transfer: float, pool: PoolCost,
-                worker_cost: float | None = None) -> tuple[float, float]:
-    """(serial, parallel) seconds for ``remaining`` items of ``cost`` each
-    (``worker_cost`` each in a worker, if different). With ``pool.overlap``
-    the caller runs ~startup/cost items while the pool starts."""
-    serial = remaining * cost
-    if pool.overlap and cost > 0:
-        remaining -= min(remaining, int(pool.startup / cost))
-        if remaining == 0:
-            return serial, pool.startup + LATENCY  # all done before the pool is up
-    rounds = math.ceil(remaining / pool.workers)  # 3 items on 2 workers take 2 rounds
-    busy = max(rounds * ((worker_cost or cost) + transfer / 2), remaining * transfer / 2)
-    return serial, pool.startup + LATENCY + busy
-
-
-def threads_projection(remaining: int, cost: float, speedup: float, cpus: int,
-                       share: float) -> tuple[int, float]:
-    """(threads, seconds) for ``remaining`` items of ``cost`` on a thread
-    pool, from a trial's ``speedup`` on two threads and an item's CPU share."""
-    threads = _threads.thread_count(cpus, share, remaining)
-    gain = _threads.projected_speedup(speedup, threads)
-    busy = remaining * (cost + _threads.ITEM_OVERHEAD) / gain
-    return threads, _threads.THREAD_START * threads + LATENCY + busy
-
-
-def threads_win(threaded: float, serial: float, parallel: float) -> bool:
-    """Threads must beat serial by MARGIN; against a process pool, whose
-    projection errs toward it (MARGIN), being within that of it wins: no
-    pickling, no start, no copies."""
-    return threaded * MARGIN < serial and threaded <= parallel * MARGIN
-
-
-def trial_cannot_pay(size: int, cost: float, share: float, remaining: int,
-                     transfer: Callable[[], float], pool: PoolCost) -> bool:
-    """A thread trial of ``size`` items is not worth it: threads would beat
-    a process pool only by its start and the moving of items (``transfer()``,
-    read only then), less than the half of the trial's items' time that
-    code holding the GIL would lose. Asked for CPU-bound items of LONG_ITEM
-    or more (8 x 50 ms lost an item to a trial), and for a trial that would
-    take over a quarter of the items left (6 x 16 ms ran serially after a
-    trial of 2). Items that mostly wait are always tried."""
-    if share < _threads.WAITING or (cost < LONG_ITEM and 4 * size <= remaining):
-        return False
-    lost, spared = size * cost / 2, pool.startup + LATENCY  # pickling 1 MB to measure: ~3 ms
-    return lost > spared and lost > spared + remaining * transfer() / pool.workers

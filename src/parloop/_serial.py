@@ -237,6 +237,11 @@ class SerialLoop:
             item = batch[0]
             if head is not None and index == 0:
                 head.arm()
+            # BLAS capped at one thread for this item, when the items so far
+            # read as keeping more CPUs busy than one (see _native).
+            uncap = None
+            if probe.wants_cap() and (uncap := _native.one_thread()) is None:
+                probe.blas_free = False  # none to cap (or not safely): the readings stand
             # The CPU clock outside the wall clock: reading it costs ~0.5 µs,
             # as much as a whole item of x*x.
             cpu_began, thread_began = cpu_clock(), thread_clock()
@@ -245,10 +250,15 @@ class SerialLoop:
                 result = call(item)
             except Exception as exc:
                 result = self.policy.settle(call, item, exc, index)
-            probe.times.append(clock() - began)
-            probe.cpu.append(cpu_clock() - cpu_began)
-            probe.thread_cpu.append(thread_clock() - thread_began)
-            self.stats.note_item(probe.times[-1], index)
+            finally:
+                if uncap is not None:
+                    uncap()
+            took = clock() - began
+            if uncap is None or probe.note_capped(took):
+                probe.times.append(took)
+                probe.cpu.append(cpu_clock() - cpu_began)
+                probe.thread_cpu.append(thread_clock() - thread_began)
+            self.stats.note_item(took, index)
             if index == 0:
                 probe.keep_first(item, result)
                 if head is not None and not head.settle():
