@@ -18,8 +18,9 @@ A reading cannot tell BLAS threads at work from BLAS threads waiting for
 work: OpenBLAS's spin on a CPU for a while after they start and after each
 call (~30 ms after NumPy's import here, ~100 ms after a product), so a pure
 Python item run just after ``import numpy`` reads as keeping two CPUs busy.
-``one_thread`` caps the library at one thread per call for one item: an
-item that runs no slower so (``CAPPED_SLOWER``) did not need its threads.
+``one_thread`` caps the library at one thread per call, and ``CapCheck``
+runs items capped and as usual in turn: items that run no slower capped
+(``CAPPED_SLOWER``) than the items beside them do not need its threads.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["BUSY", "CAPPED_SLOWER", "MODULES", "STALL", "blas_threads", "describe", "item_clock",
-           "loaded", "one_thread"]
+__all__ = ["BUSY", "CAPPED_SLOWER", "CAP_ITEMS", "MODULES", "STALL", "CapCheck", "blas_threads",
+           "describe", "item_clock", "loaded", "one_thread"]
 
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
@@ -42,10 +43,49 @@ BUSY = 1.25
 #: 15-28 ms in 4 trials of 12 here (a whole call of 64 runs in ~24 ms alone)
 STALL = 0.02
 
-#: an item run with BLAS capped at one thread, no slower than this times the
-#: median item, did not use BLAS's threads (a product on two threads ran
-#: 1.6-1.9x faster than on one here; items vary by ~10% from one to the next)
-CAPPED_SLOWER = 1.3
+#: items run with BLAS capped at one thread, no slower than this times the
+#: quicker of the items run beside each, do not use BLAS's threads: 300x300
+#: products ran 1.35-1.8x slower capped here, pure Python items 0.9-1.1x
+CAPPED_SLOWER = 1.2
+CAP_ITEMS = 2  # items run capped, each between two run as usual
+
+
+class CapCheck:
+    """Whether the items use BLAS's threads, from items run in turn as
+    usual and capped (``one_thread``): the last item before it, then capped,
+    as usual, capped, as usual. ``free`` is None until it knows."""
+
+    def __init__(self, before: float, cpus: float) -> None:
+        self.capped: list[float] = []
+        self.beside = [before]  # the items run as usual, each next to a capped one
+        self.cpus = cpus  # the reading it puts to the test
+        self.free: bool | None = None
+        self.ratios: list[float] = []
+
+    def next_capped(self) -> bool:
+        """Whether the next item runs capped."""
+        return self.free is None and len(self.capped) < len(self.beside)
+
+    def refused(self) -> None:
+        """No BLAS could be capped (or not safely): the reading stands."""
+        self.free = False
+
+    def note(self, seconds: float, capped: bool) -> None:
+        (self.capped if capped else self.beside).append(seconds)
+        if not capped and self.free is None and len(self.capped) == CAP_ITEMS:
+            self.ratios = [item / max(1e-9, min(left, right)) for item, left, right
+                           in zip(self.capped, self.beside, self.beside[1:], strict=False)]
+            self.free = max(self.ratios) <= CAPPED_SLOWER
+
+    def describe(self) -> str:
+        """The plan's words for it, once it knows."""
+        if not self.ratios:
+            return ""
+        ratios = " and ".join(f"{ratio:.2f}x" for ratio in self.ratios)
+        return (f"; {len(self.ratios)} items ran with BLAS capped at one thread, {ratios} the "
+                f"time of the items beside them: "
+                + (f"its threads' idle spin read as {self.cpus:.1f} CPUs busy" if self.free
+                   else f"the items use its threads ({self.cpus:.1f} CPUs)"))
 
 #: (a word in the shared object's file name, the calls that return its thread
 #: count, the calls that set it)

@@ -58,7 +58,8 @@ THREADS_GAIN = 1.2  # a trial speedup (2 threads over 1) below this: the GIL is 
 NO_TRIAL_ITEM = 0.1
 #: items keeping this share of the CPUs busy in the caller (BLAS) are not tried on threads
 BUSY_CORES = 0.75
-CAP_AFTER = 16  # items that must be left for one to run with BLAS capped (see wants_cap)
+CAP_AFTER = 16  # items that must be left for some to run with BLAS capped (see wants_cap)
+CAP_WORTH = 0.02  # ... and seconds of work
 
 
 class Verdict:
@@ -95,8 +96,7 @@ class Probe:
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
-        self.blas_free: bool | None = None  # an item ran as fast with BLAS capped (None: not tried)
-        self.capped = ""  # what that item showed, for the plan's reason
+        self.cap: _native.CapCheck | None = None  # items run with BLAS capped, once begun
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")
@@ -163,34 +163,41 @@ class Probe:
         Only with a library loaded that runs native thread pools: otherwise
         CPU time other threads spend meanwhile (idle BLAS threads spin for
         a while after work) would count against a pure Python function."""
-        if not self.cpu or not _native.loaded() or self.blas_free:
+        if not self.cpu or not _native.loaded() or (self.cap is not None and self.cap.free):
             return 1.0
         wall = sum(self.times)
         used = sum(self.cpu) / wall if wall > 0 else 1.0
         return min(max(1.0, used), float(max(1, self.pool.workers)))
 
-    def wants_cap(self) -> bool:
-        """Whether the next item should run with BLAS capped at one thread:
-        the items so far kept more than one CPU busy, which BLAS threads
-        spinning idle can fake (see ``_native``), the median is known, and
-        enough items are left that one run up to twice as long (when BLAS
-        does use its threads) is a small part of the call."""
-        return self.blas_free is None and bool(self.times) \
-            and (len(self.times) >= 2 or self.times[0] >= HEAVY_ITEM) \
-            and (self.total is None or self.total - len(self.times) >= CAP_AFTER) \
-            and self.cores_used() >= _native.BUSY
+    def add(self, seconds: float, cpu: float, thread_cpu: float, capped: bool = False) -> None:
+        """An item's seconds and CPU seconds (all threads', its own); one run
+        with BLAS capped counts only for the cap's check."""
+        if not capped:
+            self.times.append(seconds)
+            self.cpu.append(cpu)
+            self.thread_cpu.append(thread_cpu)
+        if self.cap is not None:
+            self.cap.note(seconds, capped)
 
-    def note_capped(self, seconds: float) -> bool:
-        """An item's seconds with BLAS capped; whether it counts as one of the
-        probe's items (it does when it ran no slower: the items do not use
-        BLAS's threads, and their readings of more CPUs were its idle spin)."""
-        cost, cpus = self.per_item(), self.cores_used()
-        self.blas_free = seconds <= _native.CAPPED_SLOWER * cost
-        self.capped = (f"; one item ran in {format_seconds(seconds)} with BLAS capped at one "
-                       f"thread (median {format_seconds(cost)}): "
-                       + (f"its threads' idle spin read as {cpus:.1f} CPUs busy"
-                          if self.blas_free else f"the items use its threads ({cpus:.1f} CPUs)"))
-        return self.blas_free
+    def wants_cap(self) -> bool:
+        """Whether the next item should run with BLAS capped at one thread
+        (see ``_native.CapCheck``): the items so far kept more than one CPU
+        busy, which BLAS threads spinning idle can fake, and enough work is
+        left that items run up to twice as long (when BLAS does use its
+        threads) are a small part of it, and that a pool could matter
+        (finding the BLAS's calls costs ~3 ms the first time)."""
+        if self.cap is not None:
+            return self.cap.next_capped()
+        if len(self.times) < 2:
+            return False
+        cost = self.per_item()
+        if self.total is not None and (self.total - len(self.times) < CAP_AFTER
+                                       or (self.total - len(self.times)) * cost < CAP_WORTH):
+            return False
+        if cost < _threads.TRIAL_MIN_ITEM or (cpus := self.cores_used()) < _native.BUSY:
+            return False
+        self.cap = _native.CapCheck(self.times[-1], cpus)
+        return True
 
     def cpu_share(self) -> float:
         """The calling thread's CPU seconds per wall second of the median item (under
@@ -272,6 +279,8 @@ class Probe:
         remaining = self.total - seen
         if remaining <= 0:
             return True
+        if self.cap is not None and self.cap.free is None:
+            return False  # items with BLAS capped, under way: a few more
         # One item may carry first-call costs: a clear win needs three, unless
         # items are heavy enough that waiting for more costs real time.
         cost = self.per_item()
@@ -301,7 +310,8 @@ class Probe:
         cost = self.per_item()
 
         def probed() -> str:
-            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{self.capped}"
+            capped = self.cap.describe() if self.cap is not None else ""
+            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{capped}"
         if self.total is not None:
             remaining = self.total - seen
             if remaining <= 0:

@@ -240,8 +240,9 @@ class SerialLoop:
             # BLAS capped at one thread for this item, when the items so far
             # read as keeping more CPUs busy than one (see _native).
             uncap = None
-            if probe.wants_cap() and (uncap := _native.one_thread()) is None:
-                probe.blas_free = False  # none to cap (or not safely): the readings stand
+            if probe.wants_cap() and (uncap := _native.one_thread()) is None \
+                    and probe.cap is not None:
+                probe.cap.refused()  # none to cap (or not safely): the readings stand
             # The CPU clock outside the wall clock: reading it costs ~0.5 µs,
             # as much as a whole item of x*x.
             cpu_began, thread_began = cpu_clock(), thread_clock()
@@ -254,10 +255,8 @@ class SerialLoop:
                 if uncap is not None:
                     uncap()
             took = clock() - began
-            if uncap is None or probe.note_capped(took):
-                probe.times.append(took)
-                probe.cpu.append(cpu_clock() - cpu_began)
-                probe.thread_cpu.append(thread_clock() - thread_began)
+            probe.add(took, cpu_clock() - cpu_began, thread_clock() - thread_began,
+                      capped=uncap is not None)
             self.stats.note_item(took, index)
             if index == 0:
                 probe.keep_first(item, result)
