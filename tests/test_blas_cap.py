@@ -117,6 +117,16 @@ def test_a_refused_cap_leaves_the_reading(monkeypatch: pytest.MonkeyPatch) -> No
     assert "BLAS capped" not in str(probe.verdict(3).reason)
 
 
+def test_a_later_call_takes_the_check_from_the_history(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_native, "MODULES", ("pytest",))
+    free = probed(1e-3, 1000, cpu_share=2.0, history={"blas": 0.0})
+    assert not free.wants_cap() and free.cores_used() == 1.0
+    assert free.verdict(3).serial_more == 0
+    uses = probed(1e-3, 1000, cpu_share=2.0, history={"blas": 1.0})
+    assert not uses.wants_cap() and uses.cores_used() == 2.0
+    assert "BLAS capped" not in str(uses.verdict(3).reason)
+
+
 def test_an_unread_probe_is_never_capped() -> None:
     assert not Probe(100, warm_pool, FakeClock()).wants_cap()
 
@@ -138,7 +148,7 @@ def test_one_thread_caps_the_real_blas_and_undoes_it() -> None:
 
 _AFTER_A_PRODUCT = """
 import numpy
-from parloop import parallel_for, _native
+from parloop import parallel_for, _costs, _native
 
 @parallel_for
 def spin(n):
@@ -154,6 +164,7 @@ else:
     matrix @ matrix  # OpenBLAS's threads now spin for ~0.1 s
     items = [30_000] * 400  # ~1-2 ms each, pure Python
     assert spin(items) == [sum(i * i for i in range(30_000))] * 400
+    print(_costs.recall(spin).get("blas"))
     print(spin.last_plan.backend)
     print(spin.last_plan.reason)
 """
@@ -176,6 +187,7 @@ def test_pure_python_items_right_after_a_numpy_product_go_to_processes() -> None
     assert shown.returncode == 0, shown.stderr
     if shown.stdout.strip() == "SKIP":
         pytest.skip("NumPy's BLAS runs one thread here (or cannot be asked)")
-    backend, reason = shown.stdout.strip().split("\n", 1)
+    kept, backend, reason = shown.stdout.strip().split("\n", 2)
     assert backend == "process", reason
+    assert kept == "0.0", reason  # kept for later calls: its items do not use BLAS's threads
     assert "with BLAS capped at one thread" in reason and "idle spin" in reason, reason

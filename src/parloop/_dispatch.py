@@ -272,6 +272,8 @@ class _Call:
             assert verdict is not None
             self.stats.caller_per_item, self.stats.probed = verdict.per_item, True
             _costs.remember(self.job.fn, self.loop.cpu_share, "share")
+            if self.loop.blas_free is not None:  # 0: its items do not use BLAS's threads
+                _costs.remember(self.job.fn, 0.0 if self.loop.blas_free else 1.0, "blas")
             if self.loop.transfer is not None:
                 _costs.remember(self.job.fn, self.loop.transfer, "transfer")
             if self.loop.trial_speedup is not None and self.loop.trial_sure:

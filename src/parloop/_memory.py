@@ -39,7 +39,7 @@ __all__ = ["FILE", "KEEP", "folder", "forget", "recall", "remember"]
 
 FILE = "costs-v1.tsv"
 KEEP = 500  # functions kept in the file, the most recently measured
-SIDES = ("serial", "process", "thread", "trial", "share", "transfer", "ratio")
+SIDES = ("serial", "process", "thread", "trial", "share", "transfer", "ratio", "blas")
 
 _lock = threading.Lock()
 _loaded: dict[str, tuple[float, dict[str, float]]] | None = None  # key -> (when, costs)

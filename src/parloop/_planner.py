@@ -97,6 +97,8 @@ class Probe:
         self.trial_starved = False  # this call's trial ran while others held the CPUs
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
         self.cap: _native.CapCheck | None = None  # items run with BLAS capped, once begun
+        if (blas := history.get("blas")) is not None:  # an earlier call's check
+            self.cap = _native.CapCheck.known(free=blas == 0.0)
         # How much slower an item ran in a worker than in the caller, as the
         # last call that measured both saw it (a ratio: items vary by call).
         self.worker_ratio: float | None = history.get("ratio")

@@ -54,6 +54,7 @@ class SerialLoop:
         self.trial_cut = False  # ... and it stopped early (see _threads._Shared.take)
         self.ran_on = False  # the rest ran on two threads here (run_on)
         self.cpu_share = 1.0  # the CPU share of the probe's median item
+        self.blas_free: bool | None = None  # what the probe's BLAS check found, if it ran
         self.transfer: float | None = None  # an item's transfer, if the probe measured it
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
 
@@ -277,6 +278,7 @@ class SerialLoop:
             self.head_started = True  # it took items just now
         self.first_seconds = probe.times[0] if probe.times else 0.0
         self.cpu_share = probe.cpu_share()
+        self.blas_free = probe.cap.free if probe.cap is not None and probe.cap.ratios else None
         self.transfer = probe.measured_transfer
         if self.head_started:
             self.unpicklable = None
