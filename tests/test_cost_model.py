@@ -243,3 +243,33 @@ def test_a_pool_measured_beside_a_busy_caller_is_remembered_at_its_own_speed(
     assert measured(0.9, 0.6, beside=False) == pytest.approx(0.09)
     # A worker that did not say its CPU time (0): as measured.
     assert measured(0.9, 0.0, beside=True) == pytest.approx(0.09)
+
+
+def test_the_workers_slowdown_is_remembered_without_their_waits_beside_the_caller(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A first call whose pool started while the caller ran items: the
+    # workers' items waited a third of their time for a CPU. The ratio the
+    # next call projects workers by is their own speed over the caller's
+    # (1.0 here), not 1.5: a call of 1 ms items read 1.44-1.75 ms in a worker
+    # that way, and one later call in a run of five went serial at 1.9x Pool.
+    from parloop import _costs, _cpu
+    from parloop._plan import Plan
+    from parloop._stats import RunStats
+    from parloop.backends.base import Outcome
+
+    monkeypatch.setattr(_cpu, "cpu_count", lambda: 2)
+    monkeypatch.setenv("PARLOOP_COST_CACHE", "off")
+
+    def work(x: int) -> int:
+        return x
+
+    stats = RunStats()
+    stats.beside, stats.probed, stats.caller_per_item = True, True, 1e-3
+    outcome = Outcome(1, 0, [None] * 10, busy=0.015, worker="pid 1")
+    outcome.cpu = 0.010
+    stats.account(outcome)
+    stats.per_item = 1.5e-3
+    stats.finish(Plan("process", 2, 5), 10, work)
+    history = _costs.recall(work)
+    assert history["ratio"] == pytest.approx(1.0)
+    assert history["process"] == pytest.approx(1e-3)

@@ -79,13 +79,16 @@ class RunStats:
             if plan.per_item is not None:
                 _costs.remember(fn, plan.per_item, "serial")
         else:
+            uncontended = None
             if self.per_item is not None:
                 plan.per_item = self.per_item
-                _costs.remember(fn, self.uncontended(self.per_item, plan.workers), plan.backend)
+                uncontended = self.uncontended(self.per_item, plan.workers)
+                _costs.remember(fn, uncontended, plan.backend)
             if self.caller_per_item is not None:
                 _costs.remember(fn, self.caller_per_item, "serial")
-                if self.per_item is not None and plan.backend == "process" and self.probed:
-                    # Both sides measured this call's items: how much slower a worker is.
-                    _costs.remember(fn, self.per_item / self.caller_per_item, "ratio")
+                if uncontended is not None and plan.backend == "process" and self.probed:
+                    # Both sides measured this call's items: how much slower a
+                    # worker is (not counting its waits beside the caller's items).
+                    _costs.remember(fn, uncontended / self.caller_per_item, "ratio")
         plan.slowest = sorted(((i, t) for t, i in self._slowest if i >= 0),
                               key=lambda pair: -pair[1])
