@@ -190,7 +190,7 @@ class Probe:
         (finding the BLAS's calls costs ~3 ms the first time)."""
         if self.cap is not None:
             return self.cap.next_capped()
-        if len(self.times) < 2:
+        if len(self.times) < 2 or not _native.loaded():
             return False
         cost = self.per_item()
         if self.total is not None and (self.total - len(self.times) < CAP_AFTER
