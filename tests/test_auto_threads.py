@@ -144,6 +144,47 @@ def test_a_trial_shares_its_items_so_a_late_helper_costs_no_wait() -> None:
     assert result.lead > 0  # the caller's lone start, left out of the trial's reading
 
 
+@pytest.mark.timeout(60)
+def test_a_trial_whose_helper_ran_nothing_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real threads and sleeps. The first trial's helper is held back until
+    # the caller has run every item of it (as a thread start on a loaded host
+    # can be): that trial reads one thread's speed, ~1x, which once sent a
+    # call of 10 ms sleeps to processes ("the GIL is held"). It shows nothing
+    # about two threads: a second trial runs, and the call goes to threads.
+    from parloop import _serial
+
+    trials: list[int] = []
+    real = _serial.run_trial
+
+    def first_one_sided(call: Any, items: list[Any], **kwargs: Any) -> Any:
+        trials.append(len(items))
+        if len(trials) > 1:
+            return real(call, items, **kwargs)
+        kwargs.pop("per_item", None)  # no early stop: the caller runs every item
+        done = threading.Event()
+
+        def counted(item: Any) -> Any:
+            result = call(item)
+            if threading.current_thread() is threading.main_thread() and item is items[-1]:
+                done.set()
+            return result
+        return real(counted, items, ready=lambda: done.wait(10), **kwargs)
+
+    monkeypatch.setattr(_serial, "run_trial", first_one_sided)
+    monkeypatch.setenv("PARLOOP_COST_CACHE", "off")
+
+    def nap(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    fn = parallel_for(nap)
+    assert fn([0.01] * 60) == [0.01] * 60
+    plan = fn.last_plan
+    assert plan is not None
+    assert len(trials) == 2, (trials, plan.reason)
+    assert plan.backend == "thread", plan.reason
+
+
 def test_a_run_in_blocks_runs_every_item_once_in_order_with_its_error_in_place() -> None:
     def item(x: int) -> int:
         if x == 37:

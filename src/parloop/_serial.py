@@ -146,7 +146,8 @@ class SerialLoop:
         """Run the next ``size`` items on two threads at once (see
         ``_threads``), tell ``probe`` what that showed, and settle them in
         order, as the serial loop would have. False: a thread's warm-up
-        spoilt it (see ``Trial.warmed_up``)."""
+        spoilt it (see ``Trial.warmed_up``), or the helper ran none of the
+        items (it started too late: the reading is one thread's alone)."""
         start = self.source.index
         items, error = self.source.take(size)
         if not items:
@@ -168,6 +169,8 @@ class SerialLoop:
         yield from self._settled(trial.results, items, start)
         if error is not None:
             raise error
+        if trial.one_sided() and not trial.failed:
+            return False
         return trial.failed or trial.cut is not None or trial.steady() is not None \
             or not trial.warmed_up()
 
