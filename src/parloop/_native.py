@@ -15,7 +15,7 @@ and its kin, found in the shared objects listed in ``/proc/self/maps``), the
 way threadpoolctl asks, without depending on it.
 
 A reading cannot tell BLAS threads at work from BLAS threads waiting for
-work: OpenBLAS's spin on a CPU for a while after they start and after each
+work: OpenBLAS's threads spin on a CPU for a while after they start and after each
 call (~30 ms after NumPy's import here, ~100 ms after a product), so a pure
 Python item run just after ``import numpy`` reads as keeping two CPUs busy.
 ``one_thread`` caps the library at one thread per call, and ``CapCheck``
@@ -93,6 +93,7 @@ class CapCheck:
                 f"time of the items beside them: "
                 + (f"its threads' idle spin read as {self.cpus:.1f} CPUs busy" if self.free
                    else f"the items use its threads ({self.cpus:.1f} CPUs)"))
+
 
 #: (a word in the shared object's file name, the calls that return its thread
 #: count, the calls that set it)
