@@ -187,10 +187,12 @@ class Probe:
         busy, which BLAS threads spinning idle can fake, and enough work is
         left that items run up to twice as long (when BLAS does use its
         threads) are a small part of it, and that a pool could matter
-        (finding the BLAS's calls costs ~3 ms the first time)."""
+        (finding the BLAS's calls costs ~3 ms the first time). Read after
+        2, 4, 8... items, as the readings and the median take O(items)."""
         if self.cap is not None:
             return self.cap.next_capped()
-        if len(self.times) < 2 or not _native.loaded():
+        seen = len(self.times)  # asked at 2, 4, 8... items: a probe of µs items stays O(n)
+        if seen < 2 or seen & (seen - 1) or not _native.loaded():
             return False
         cost = self.per_item()
         if self.total is not None and (self.total - len(self.times) < CAP_AFTER
