@@ -73,9 +73,18 @@ class CapCheck:
         """Whether the next item runs capped."""
         return self.free is None and len(self.capped) < len(self.beside)
 
-    def refused(self) -> None:
-        """No BLAS could be capped (or not safely): the reading stands."""
-        self.free = False
+    def cap(self) -> Callable[[], None] | None:
+        """Cap BLAS for the next item (``one_thread``): the call that undoes
+        it, or None when it could not be (the reading then stands)."""
+        undo = one_thread()
+        if undo is None:
+            self.free = False
+        return undo
+
+    @property
+    def found(self) -> bool | None:
+        """What this call's capped items showed (None: none ran)."""
+        return self.free if self.ratios else None
 
     def note(self, seconds: float, capped: bool) -> None:
         (self.capped if capped else self.beside).append(seconds)

@@ -181,27 +181,27 @@ class Probe:
         if self.cap is not None:
             self.cap.note(seconds, capped)
 
-    def wants_cap(self) -> bool:
-        """Whether the next item should run with BLAS capped at one thread
-        (see ``_native.CapCheck``): the items so far kept more than one CPU
+    def wants_cap(self) -> _native.CapCheck | None:
+        """The check, when the next item should run with BLAS capped at one
+        thread (see ``_native.CapCheck``): the items so far kept more than one CPU
         busy, which BLAS threads spinning idle can fake, and enough work is
         left that items run up to twice as long (when BLAS does use its
         threads) are a small part of it, and that a pool could matter
         (finding the BLAS's calls costs ~3 ms the first time). Read after
         2, 4, 8... items, as the readings and the median take O(items)."""
         if self.cap is not None:
-            return self.cap.next_capped()
+            return self.cap if self.cap.next_capped() else None
         seen = len(self.times)  # asked at 2, 4, 8... items: a probe of µs items stays O(n)
         if seen < 2 or seen & (seen - 1) or not _native.loaded():
-            return False
+            return None
         cost = self.per_item()
-        if self.total is not None and (self.total - len(self.times) < CAP_AFTER
-                                       or (self.total - len(self.times)) * cost < CAP_WORTH):
-            return False
+        if self.total is not None and (self.total - seen < CAP_AFTER
+                                       or (self.total - seen) * cost < CAP_WORTH):
+            return None
         if cost < _threads.TRIAL_MIN_ITEM or (cpus := self.cores_used()) < _native.BUSY:
-            return False
+            return None
         self.cap = _native.CapCheck(self.times[-1], cpus)
-        return True
+        return self.cap
 
     def cpu_share(self) -> float:
         """The calling thread's CPU seconds per wall second of the median item (under

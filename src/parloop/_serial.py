@@ -243,10 +243,8 @@ class SerialLoop:
                 head.arm()
             # BLAS capped at one thread for this item, when the items so far
             # read as keeping more CPUs busy than one (see _native).
-            uncap = None
-            if probe.wants_cap() and (uncap := _native.one_thread()) is None \
-                    and probe.cap is not None:
-                probe.cap.refused()  # none to cap (or not safely): the readings stand
+            check = probe.wants_cap()
+            uncap = check.cap() if check is not None else None
             # The CPU clock outside the wall clock: reading it costs ~0.5 µs,
             # as much as a whole item of x*x.
             cpu_began, thread_began = cpu_clock(), thread_clock()
@@ -281,7 +279,7 @@ class SerialLoop:
             self.head_started = True  # it took items just now
         self.first_seconds = probe.times[0] if probe.times else 0.0
         self.cpu_share = probe.cpu_share()
-        self.blas_free = probe.cap.free if probe.cap is not None and probe.cap.ratios else None
+        self.blas_free = probe.cap.found if probe.cap is not None else None
         self.transfer = probe.measured_transfer
         if self.head_started:
             self.unpicklable = None
