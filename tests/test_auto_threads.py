@@ -18,10 +18,13 @@ import pytest
 from helpers import FakeClock, spin_for
 
 from parloop import _costs, _native, _role, parallel_for
+from parloop._costs import PoolCost
 from parloop._flow import RETREAT
 from parloop._input import Input
 from parloop._known import from_history
-from parloop._planner import MARGIN, THREADS_GAIN, PoolCost, Probe
+from parloop._native import run_delay
+from parloop._planner import THREADS_GAIN, Probe
+from parloop._projections import MARGIN
 from parloop._threads import (
     LOSING,
     MAX_THREADS,
@@ -29,7 +32,6 @@ from parloop._threads import (
     Trial,
     parallel_share,
     projected_speedup,
-    run_delay,
     run_trial,
     runs_on,
     thread_count,

@@ -10,20 +10,11 @@ import pytest
 from helpers import FakeClock
 
 from parloop import parallel_for
-from parloop._costs import PIPE_BYTES_PER_SECOND, pickle_round_trip, transfer_seconds
+from parloop._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
+from parloop._costs import PIPE_BYTES_PER_SECOND, PoolCost, pickle_round_trip, transfer_seconds
 from parloop._known import from_history
-from parloop._planner import (
-    CHUNK_SECONDS,
-    HEAVY_ITEM,
-    LATENCY,
-    MARGIN,
-    MIN_CHUNK_SECONDS,
-    PROBE_FLOOR,
-    ChunkSizer,
-    PoolCost,
-    Probe,
-    projections,
-)
+from parloop._planner import HEAVY_ITEM, PROBE_FLOOR, Probe
+from parloop._projections import LATENCY, MARGIN, projections
 
 
 def never_asked() -> PoolCost:

@@ -40,7 +40,8 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-from . import _costs, _known, _planner, _scope, _threads
+from . import _costs, _known, _scope, _threads
+from ._chunks import ChunkSizer
 from ._flow import Flow
 from ._headstart import HeadStart, arrange
 from ._input import Input
@@ -161,7 +162,7 @@ class _Call:
         self.loop = SerialLoop(self.job.caller(), self.source, self.policy, self.stats,
                                responsive, sink)
         self.plan = Plan("serial", 1, None)
-        self.pool: _planner.PoolCost | None = None  # once the planner has asked
+        self.pool: _costs.PoolCost | None = None  # once the planner has asked
         self.abort: threading.Event | None = None
         self.head: HeadStart | None = None
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
@@ -205,7 +206,7 @@ class _Call:
         if lease is None:
             return  # the input ran out while the pool was starting
         self.job.item_seconds = plan.per_item
-        sizer = _planner.ChunkSizer(self.workers, self.options.chunksize, plan.per_item)
+        sizer = ChunkSizer(self.workers, self.options.chunksize, plan.per_item)
         plan.chunksize = sizer.next(self.source.remaining)
         flow = Flow(self.job, self.source, self.policy, self.stats, lease.backend, sizer,
                     self.workers, self.options.ordered, self.abort)
@@ -361,9 +362,9 @@ class _Call:
                                         "starting (it stays warm for the next call)")
         return lease
 
-    def _pool_cost(self) -> _planner.PoolCost:
+    def _pool_cost(self) -> _costs.PoolCost:
         warm = _scope.is_warm("process", self.workers, self.options, self.block)
-        self.pool = _planner.pool_cost(self.options, self.workers, warm,
+        self.pool = _costs.pool_cost(self.options, self.workers, warm,
                                        self.head is not None and self.head.busy)
         return self.pool
 

@@ -10,8 +10,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from ._chunks import ChunkSizer
 from ._input import Input
-from ._planner import ChunkSizer
 from ._policy import ErrorPolicy
 from ._stats import RunStats
 from .backends.base import Backend, Chunk, Job, Outcome

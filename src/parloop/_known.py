@@ -7,20 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from . import _role, _threads
+from ._costs import PoolCost
 from ._options import Options
-from ._plan import format_seconds
-from ._planner import (
-    CLEAR_WIN,
-    HEAVY_ITEM,
-    NO_TRIAL_ITEM,
-    THREADS_GAIN,
-    PoolCost,
-    Verdict,
-    projections,
-    threads_projection,
-    threads_win,
-    trial_cannot_pay,
-)
+from ._plan import Verdict, format_seconds
+from ._planner import CLEAR_WIN, HEAVY_ITEM, NO_TRIAL_ITEM, THREADS_GAIN
+from ._projections import projections, threads_projection, threads_win, trial_cannot_pay
 
 __all__ = ["from_history", "static_choice"]
 

@@ -1,12 +1,12 @@
-"""What a call says about itself: a :class:`Plan` (how it ran and why), and
-the units its numbers print in."""
+"""What a call says about itself: a :class:`Plan` (how it ran and why), the
+probe's :class:`Verdict` it is made from, and the units its numbers print in."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Plan", "Reason", "format_seconds"]
+__all__ = ["Plan", "Reason", "Verdict", "format_seconds"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -113,3 +113,16 @@ class Plan:
         if parallel <= 0:
             return {}
         return {name: min(1.0, busy / parallel) for name, busy in self.worker_seconds.items()}
+
+
+class Verdict:
+    """The probe's conclusion: go parallel after ``serial_more`` more items
+    (None: stay serial to the end), and why (formatted when first read)."""
+
+    def __init__(self, serial_more: int | None, reason: str | Callable[[], str],
+                 per_item: float, backend: str = "process", workers: int | None = None) -> None:
+        self.serial_more = serial_more
+        self.reason = Reason(reason)
+        self.per_item = per_item
+        self.backend = backend  # the pool to go to: "process" or "thread"
+        self.workers = workers  # its size, when not the usual (threads for waiting items)

@@ -31,22 +31,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _costs, _native, _threads
-from ._chunks import CHUNK_SECONDS, MIN_CHUNK_SECONDS, ChunkSizer
-from ._costs import PoolCost, pool_cost
-from ._plan import Reason, format_seconds
-from ._projections import (
-    LATENCY,
-    LONG_ITEM,
-    MARGIN,
-    projections,
-    threads_projection,
-    threads_win,
-    trial_cannot_pay,
-)
+from ._costs import PoolCost
+from ._plan import Verdict, format_seconds
+from ._projections import LATENCY, MARGIN, projections, threads_projection, threads_win, trial_cannot_pay
 
-__all__ = ["CHUNK_SECONDS", "LATENCY", "LONG_ITEM", "MARGIN", "MIN_CHUNK_SECONDS", "ChunkSizer",
-           "PoolCost", "Probe", "Verdict", "pool_cost", "projections", "threads_projection",
-           "threads_win", "trial_cannot_pay"]
+__all__ = ["Probe", "Verdict"]
 
 PROBE_FLOOR = 0.002  # seconds the probe may always take
 PROBE_SHARE = 0.02  # ... or this share of the projected serial time
@@ -60,19 +49,6 @@ NO_TRIAL_ITEM = 0.1
 BUSY_CORES = 0.75
 CAP_AFTER = 16  # items that must be left for some to run with BLAS capped (see wants_cap)
 CAP_WORTH = 0.02  # ... and seconds of work
-
-
-class Verdict:
-    """The probe's conclusion: go parallel after ``serial_more`` more items
-    (None: stay serial to the end), and why (formatted when first read)."""
-
-    def __init__(self, serial_more: int | None, reason: str | Callable[[], str],
-                 per_item: float, backend: str = "process", workers: int | None = None) -> None:
-        self.serial_more = serial_more
-        self.reason = Reason(reason)
-        self.per_item = per_item
-        self.backend = backend  # the pool to go to: "process" or "thread"
-        self.workers = workers  # its size, when not the usual (threads for waiting items)
 
 
 class Probe:
@@ -95,7 +71,10 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
+        self.stale: list[float] = []  # trials' rates over more than two threads can (MOST)
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
+        # The calling thread's time runnable but off a CPU, since the probe began.
+        self._waits = _native.CpuWait(clock) if threads else None
         self.cap: _native.CapCheck | None = None  # items run with BLAS capped, once begun
         if (blas := history.get("blas")) is not None:  # an earlier call's check
             self.cap = _native.CapCheck.known(free=blas == 0.0)
@@ -208,7 +187,11 @@ class Probe:
         0.5: it mostly waits); not the process's, which idle BLAS threads inflate."""
         own = self.thread_cpu or self.cpu
         shares = sorted(c / t for c, t in zip(own, self.times, strict=False) if t > 0)
-        return shares[len(shares) // 2] if shares else 1.0
+        share = shares[len(shares) // 2] if shares else 1.0
+        if share < _threads.WAITING and self._waits is not None:
+            # Time spent waiting for a CPU is not waiting for I/O.
+            share = min(1.0, share / max(1e-6, 1.0 - self._waits.share(len(self.times))))
+        return share
 
     def pool_item_cost(self, cost: float) -> float:
         """One item's seconds in a worker: the caller's, times the CPUs it
@@ -260,9 +243,24 @@ class Probe:
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
-        self.trial_speedup = 1.0 if trial.failed else \
-            trial.speedup(self.per_item(), self.cpu_share() >= _threads.WAITING)
+        cost = self.per_item()
+        speedup = 1.0 if trial.failed else \
+            trial.speedup(cost, self.cpu_share() >= _threads.WAITING)
         self.trial_starved = trial.starved()
+        # Items per second over the probe's: more than two threads can do
+        # (before the CPU time's bound) means the probe's items were slower.
+        if not trial.failed and (rate := trial.speedup(cost, False)) > _threads.MOST:
+            self.stale.append(rate)  # no reading: the items are probed again (rebase)
+            self.no_trial = f"; the thread trial after it ran {rate:.1f}x: no reading of threads"
+        else:
+            self.trial_speedup = speedup
+
+    def rebase(self) -> None:
+        """Forget the items timed so far (a trial showed they ran slower than
+        the items now do), to time the next ones afresh."""
+        self.times, self.cpu, self.thread_cpu = [], [], []
+        self._waits = _native.CpuWait(self.clock) if self.threads else None
+        self.started = self.clock()
 
     @staticmethod
     def _too_small(remaining: int, cost: float) -> bool:
@@ -315,7 +313,9 @@ class Probe:
 
         def probed() -> str:
             capped = self.cap.describe() if self.cap is not None else ""
-            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{capped}"
+            again = (f" (timed again after a thread trial ran {self.stale[0]:.1f}x the first "
+                     f"items per second, more than two threads can)") if self.stale else ""
+            return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{again}{capped}"
         if self.total is not None:
             remaining = self.total - seen
             if remaining <= 0:

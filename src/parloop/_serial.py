@@ -9,9 +9,11 @@ from collections.abc import Callable, Generator, Iterator
 from typing import Any
 
 from . import _native
+from ._costs import PoolCost
 from ._headstart import HeadStart
 from ._input import Input
-from ._planner import THREADS_GAIN, PoolCost, Probe, Verdict
+from ._plan import Verdict
+from ._planner import THREADS_GAIN, Probe
 from ._policy import ErrorPolicy
 from ._stats import RunStats
 from ._threads import RUN_ON_BLOCK, run_trial
@@ -164,11 +166,13 @@ class SerialLoop:
             items = items[:len(trial.results)]
         probe.note_trial(trial)
         self.trial_speedup = probe.trial_speedup
-        self.trial_sure = trial.sure()  # else it decides this call only
+        self.trial_sure = trial.sure() and probe.trial_speedup is not None  # else this call's
         self.trial_cut = trial.cut is not None
         yield from self._settled(trial.results, items, start)
         if error is not None:
             raise error
+        if probe.trial_speedup is None:
+            return True  # a reading of more than two threads can: probed again, not tried
         if trial.one_sided() and not trial.failed:
             return False
         return trial.failed or trial.cut is not None or trial.steady() is not None \
@@ -274,6 +278,9 @@ class SerialLoop:
                     # The helper's warm-up left no part of the trial with both
                     # threads warm: once more, on the same thread, warm now.
                     yield from self._trial(probe, size)
+                if size and len(probe.stale) == 1 and probe.trial_speedup is None:
+                    probe.rebase()  # the items ran slower when probed than they do now
+                    continue
                 break
         if head is not None and not self.head_started and head.close() is not None:
             self.head_started = True  # it took items just now

@@ -35,13 +35,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ._native import run_delay
 from ._plan import format_seconds
 from ._threadpool import SimpleQueue, take
 
-__all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "RUN_ON", "RUN_ON_BLOCK", "STARVED",
+__all__ = ["ITEM_OVERHEAD", "LOSING", "MAX_THREADS", "MOST", "RUN_ON", "RUN_ON_BLOCK", "STARVED",
            "STOP_ITEMS", "TRIAL_KEPT", "TRIAL_MIN_ITEM", "TRIAL_SECONDS", "TRIAL_SURE", "Trial",
-           "describe", "gil_enabled", "kept_as", "projected_speedup", "run_delay", "run_trial",
-           "runs_on", "thread_count"]
+           "describe", "gil_enabled", "kept_as", "projected_speedup", "run_trial", "runs_on",
+           "thread_count"]
 
 TRIAL_SECONDS = 0.002  # each thread of the trial runs at least this much work
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
@@ -61,6 +62,10 @@ TRIAL_MIN_ITEM = 10e-6
 #: items that must finish while both threads of a trial are past their
 #: first for that part alone to decide (each end of it may count one off)
 STEADY_ITEMS = 8
+#: two threads run items at most twice as fast as one: a trial that reads
+#: more was held against items that ran slower when probed than they do now
+#: (BLAS warming up in a new process read 7.8x; other threads busy then, 27x)
+MOST = 2.5
 WARM_UP = 3.0  # a thread's first item this many times slower than its others: a warm-up
 #: a trial stops early once this many items, finished while both threads were
 #: past their first, ran at under LOSING of one thread's speed (see _Shared.take)
@@ -364,16 +369,6 @@ def run_trial(call: Callable[[Any], Any], items: list[Any],
     lead = max(thread[0][0] for thread in marks) - began if len(marks) == 2 else 0.0
     return Trial(shared.results[:shared.taken], wall, cpu_clock() - cpu_began, thread_cpu,
                  marks, lead, shared.waited, shared.cut)
-
-
-def run_delay() -> float | None:
-    """Seconds this thread has spent runnable but waiting for a CPU (Linux's
-    schedstat); None where that is not known."""
-    try:
-        with open("/proc/thread-self/schedstat", "rb") as stat:
-            return int(stat.read().split()[1]) / 1e9
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def kept_as(cut: bool, history: Mapping[str, float]) -> str:
