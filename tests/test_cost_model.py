@@ -31,7 +31,7 @@ def feed(probe: Probe, clock: FakeClock, cost: float, up_to: int) -> int:
         clock.now += cost
         probe.times.append(cost)
         if seen == 1:
-            probe.keep_first(seen, seen)
+            probe.moved.keep(seen, seen)
         if probe.done(seen):
             return seen
     return up_to
@@ -118,12 +118,12 @@ def test_the_caller_side_of_a_big_transfer_keeps_cheap_work_serial() -> None:
         clock.now += 1e-5
         probe.times.append(1e-5)
         if seen == 1:
-            probe.keep_first(big, 0)
+            probe.moved.keep(big, 0)
         if probe.done(seen):
             break
     verdict = probe.verdict(seen)
     assert verdict.serial_more is None
-    assert probe.transfer_bytes >= 10**7
+    assert probe.moved.size >= 10**7
     assert "transfer ~" in str(verdict.reason)
 
 
@@ -239,10 +239,10 @@ def test_a_pool_measured_beside_a_busy_caller_is_remembered_at_its_own_speed(
 def test_the_workers_slowdown_is_remembered_without_their_waits_beside_the_caller(
         monkeypatch: pytest.MonkeyPatch) -> None:
     # A first call whose pool started while the caller ran items: the
-    # workers' items waited a third of their time for a CPU. The ratio the
-    # next call projects workers by is their own speed over the caller's
-    # (1.0 here), not 1.5: a call of 1 ms items read 1.44-1.75 ms in a worker
-    # that way, and one later call in a run of five went serial at 1.9x Pool.
+    # workers' items waited a third of their time for a CPU. The next call
+    # projects workers at their own speed over the caller's (1.0 here), not
+    # 1.5: a call of 1 ms items read 1.44-1.75 ms in a worker that way, and
+    # one later call in a run of five went serial at 1.9x Pool.
     from parloop import _costs, _cpu
     from parloop._plan import Plan
     from parloop._stats import RunStats
@@ -262,5 +262,29 @@ def test_the_workers_slowdown_is_remembered_without_their_waits_beside_the_calle
     stats.per_item = 1.5e-3
     stats.finish(Plan("process", 2, 5), 10, work)
     history = _costs.recall(work)
-    assert history["ratio"] == pytest.approx(1.0)
     assert history["process"] == pytest.approx(1e-3)
+    # No ratio of its own: the two sides' latest, 1.0, stand for it.
+    assert "ratio" not in history
+    assert Probe(100, never_asked, history=history).pool_item_cost(1e-3) == pytest.approx(1e-3)
+
+
+def test_the_workers_slowdown_is_kept_from_items_run_side_by_side(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # A proving flow: the workers' first items and the caller's, next to
+    # them, at the same time. The probe's first items against all of the
+    # workers' read 4-7x for blocks of primes (cost rising with the index),
+    # and every later call of examples/numeric.py stayed serial.
+    from parloop import _costs
+    from parloop._plan import Plan
+    from parloop._stats import RunStats
+
+    monkeypatch.setenv("PARLOOP_COST_CACHE", "off")
+
+    def work(x: int) -> int:
+        return x
+
+    stats = RunStats()
+    stats.probed, stats.caller_per_item, stats.per_item = True, 1e-3, 6e-3
+    stats.proven = (2.2e-3, 2e-3)
+    stats.finish(Plan("process", 2, 5), 80, work)
+    assert _costs.recall(work)["ratio"] == pytest.approx(1.1)

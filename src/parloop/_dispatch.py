@@ -57,7 +57,7 @@ from .backends.base import Job
 
 if TYPE_CHECKING:
     from .backends.base import Ended
-from .errors import ParloopWarning, add_note, warn
+from .errors import ParloopWarning, warn
 
 __all__ = ["Ledger", "run"]
 
@@ -119,24 +119,15 @@ def run(fn: Callable[..., Any], items: Iterable[Any], args: tuple[Any, ...],
 
 
 def _end_states(call: _Call, options: Options) -> BaseException | None:
-    """(``teardown=``, at the call's end.) The caller ends its own state, if
-    it ran items; with what the pool's workers gave back, the teardown
-    results go in the plan: the caller's first, then by worker_id(). The
-    first error, unless ``errors="return"`` puts errors in the list."""
-    from .backends._state import end_here
+    """(``teardown=``, at the call's end.) The teardowns' results go in the
+    plan; the error to raise, if one raised (see ``_state.teardown_results``)."""
+    from .backends._state import teardown_results
 
-    made, value, error = end_here(call.job.setup, False)  # type: ignore[arg-type]
-    answers = [(-1, value, error)] if made else []
-    answers += sorted([(1 << 30 if a.worker is None else a.worker, a.value, a.error)
-                       for a in call.ended], key=lambda answer: answer[0])
-    call.plan.teardown_results = [value if error is None else error
-                                  for _, value, error in answers]
-    errors = [error for _, _, error in answers if error is not None]
-    if not errors or options.errors == "return":
-        return None
-    for other in errors[1:]:
-        add_note(errors[0], f"another worker's teardown raised too: {other}")
-    return errors[0]
+    setup = call.job.setup
+    assert setup is not None  # only a job with a teardown ends states
+    ended = [(answer.worker, answer.value, answer.error) for answer in call.ended]
+    call.plan.teardown_results, error = teardown_results(setup, ended, options.errors == "return")
+    return error
 
 
 class _Call:
@@ -230,7 +221,7 @@ class _Call:
             broken = not isinstance(exc, (Exception, GeneratorExit)) and exc is not flow.raised
             raise
         finally:
-            self.ended = flow.ended
+            self.ended, self.stats.proven = flow.ended, flow.proven
             lease.release(broken)
             self._shipped()
         if flow.retreated and self.source.peek():
@@ -281,6 +272,13 @@ class _Call:
                 _costs.remember(self.job.fn, self.loop.trial_speedup,
                                 _threads.kept_as(self.loop.trial_cut, history))
         plan.backend, plan.why, plan.per_item = "serial", verdict.reason, verdict.per_item
+        if verdict.serial_more is None and self.loop.prober is not None:
+            # Serial, watching the items' cost as they run (SerialLoop.watch).
+            verdict = yield from self.loop.watch(verdict)
+            if verdict is None:
+                return
+            plan.why = verdict.reason
+            self.stats.caller_per_item = plan.per_item = verdict.per_item
         if verdict.serial_more is None:
             return
         if verdict.backend == "thread":

@@ -69,6 +69,13 @@ class Flow:
         #: chunks are sent, and ``retreated`` tells the caller to run the rest.
         self.serial_cost: float | None = None
         self.retreated = False
+        self.weighed = False  # the workers' first reports were held against it
+        #: the caller's own items while proving: its cost now, on items next
+        #: to the workers' (the probe's median is of the first items, and
+        #: items whose cost rises with their index made workers look slow)
+        self.here: list[float] = []
+        #: (workers' seconds per item, the caller's) when the proving ended
+        self.proven: tuple[float, float] | None = None
         self._workers = workers
         #: set by prove(): until the workers have reported, the caller runs
         #: items itself while it waits, through this
@@ -175,12 +182,23 @@ class Flow:
                                         busy, HERE, (busy, start)))
 
     def _weigh(self) -> None:
-        """Stop sending when the workers, by their own measure, are slower
-        together than the caller alone (by RETREAT)."""
-        seen, per_item = self.sizer.observed, self.sizer.per_item
-        if seen >= RETREAT_AFTER and per_item is not None and self.serial_cost is not None \
-                and per_item / self._workers > RETREAT * self.serial_cost:
+        """Once the workers have reported RETREAT_AFTER items: stop sending if,
+        by their own measure, they are slower together than the caller alone
+        (by RETREAT). Only then: the caller's cost is of items next to their
+        first ones, and later items may cost more (or less) than either."""
+        seen, per_item, caller = self.sizer.observed, self.sizer.per_item, self.caller_cost()
+        if seen < RETREAT_AFTER or per_item is None or caller is None:
+            return
+        self.weighed = True
+        if per_item / self._workers > RETREAT * caller:
             self.exhausted = self.retreated = True
+
+    def caller_cost(self) -> float | None:
+        """The caller's seconds per item: of its items beside the workers' when
+        it ran some (both then shared the CPUs alike), else the probe's."""
+        if not self.here:
+            return self.serial_cost
+        return sorted(self.here)[len(self.here) // 2]
 
     def _submit(self, chunk: Chunk) -> None:
         self.backend.submit(chunk)
@@ -189,12 +207,17 @@ class Flow:
     def receive(self, outcome: Outcome) -> Iterator[list[Any]]:
         """Account for ``outcome``; yield whatever results it makes ready."""
         self.in_flight -= len(outcome.values)
-        if outcome.worker != HERE:  # the caller's own items say nothing of the workers
+        if outcome.worker == HERE:  # the caller's own items say nothing of the workers
+            self.here.append(outcome.busy)
+        else:
             self.sizer.observe(len(outcome.values), outcome.busy)
-            if self.serial_cost is not None and not self.exhausted:
+            if self.serial_cost is not None and not self.exhausted and not self.weighed:
                 self._weigh()
             if self._run_here is not None and self.sizer.observed >= RETREAT_AFTER:
                 self._run_here, self.window = None, 2 * self._workers  # proven
+                caller = self.caller_cost()
+                if self.sizer.per_item is not None and caller:
+                    self.proven = (self.sizer.per_item, caller)
         self.job.item_seconds = self.sizer.per_item
         self.stats.account(outcome)
         parent = self.holes.pop(outcome.start, None) if len(outcome.values) == 1 else None

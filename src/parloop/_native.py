@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 
 __all__ = ["BUSY", "CAPPED_SLOWER", "CAP_ITEMS", "CAP_MOST", "MODULES", "STALL", "CapCheck",
-           "CpuWait", "blas_threads", "describe", "item_clock", "loaded", "one_thread", "run_delay"]
+           "blas_threads", "describe", "item_clock", "loaded", "one_thread", "run_delay"]
 
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
 MODULES = ("numpy", "scipy", "torch", "tensorflow", "jax", "numba", "sklearn")
@@ -261,57 +261,11 @@ def _calls(path: str, counts: tuple[str, ...], sets: tuple[str, ...]
     return count, set_count
 
 
-class _Schedstat:
-    """One thread's schedstat file, open: reading it again costs ~1 µs,
-    opening it ~13 µs. Kept per thread, closed with it; a forked child
-    opens its own (``pid``: the inherited one is the parent's thread's)."""
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        try:
-            self.fd = os.open("/proc/thread-self/schedstat", os.O_RDONLY)
-        except OSError:
-            self.fd = -1  # not Linux, or no schedstat: known as unknown
-
-    def __del__(self, close: Callable[[int], None] = os.close) -> None:
-        if self.fd >= 0:
-            close(self.fd)
-
-
-_per_thread = threading.local()
-
-
 def run_delay() -> float | None:
     """Seconds this thread has spent runnable but waiting for a CPU (Linux's
-    schedstat); None where that is not known."""
-    stat: _Schedstat | None = getattr(_per_thread, "schedstat", None)
-    if stat is None or stat.pid != os.getpid():
-        stat = _per_thread.schedstat = _Schedstat()
-    if stat.fd < 0:
-        return None
+    schedstat; ~13 µs to read); None where that is not known."""
     try:
-        return int(os.pread(stat.fd, 64, 0).split()[1]) / 1e9
+        with open("/proc/thread-self/schedstat", "rb") as stat:
+            return int(stat.read().split()[1]) / 1e9
     except (OSError, ValueError, IndexError):
         return None
-
-
-class CpuWait:
-    """The share of the wall time since it began that this thread spent
-    runnable but waiting for a CPU (``run_delay``): another program's busy
-    core, or BLAS threads spinning beside it. An item's CPU share counts
-    that time as waiting, which it is not: a pure Python item run beside
-    two busy threads read 0.18 of a CPU, "mostly waits", and a thread trial
-    then read 5.8x on two threads and chose 11 of them."""
-
-    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.clock = clock
-        self.began, self.delay = clock(), run_delay()
-        self._read: tuple[int, float] = (-1, 0.0)
-
-    def share(self, key: int) -> float:
-        """Up to now (read again only when ``key`` changes)."""
-        if key != self._read[0]:
-            wall, delay = self.clock() - self.began, run_delay()
-            waited = 0.0 if delay is None or self.delay is None else delay - self.delay
-            self._read = (key, min(1.0, max(0.0, waited / wall)) if wall > 0 else 0.0)
-        return self._read[1]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from typing import Any
 
 from . import _costs, _native, _threads
 from ._costs import PoolCost
@@ -71,10 +70,10 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
+        self.trial_busy = 0.0  # CPUs its two threads kept busy (their CPU time over its wall time)
+        self.watched: tuple[int, float, float] | None = None  # see reconsider
         self.stale: list[float] = []  # trials' rates over more than two threads can (MOST)
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
-        # The calling thread's time runnable but off a CPU, since the probe began.
-        self._waits = _native.CpuWait(clock) if threads else None
         self.cap: _native.CapCheck | None = None  # items run with BLAS capped, once begun
         if (blas := history.get("blas")) is not None:  # an earlier call's check
             self.cap = _native.CapCheck.known(free=blas == 0.0)
@@ -84,9 +83,7 @@ class Probe:
         # The latest seconds per item on each side, from different calls (a
         # call with backend="process" measures only the workers' side).
         self._sides = (history.get("process"), history.get("serial"))
-        self._first: tuple[Any, Any] | None = None  # (item, result), kept to measure transfer
-        self._transfer: tuple[float, int] | None = None
-        self.unsendable: BaseException | None = None
+        self.moved = _costs.Transfer()  # of the first item and its result
         self.started = clock()
 
     @property
@@ -95,38 +92,10 @@ class Probe:
             self._pool = self._pool_cost()
         return self._pool
 
-    def keep_first(self, item: Any, result: Any) -> None:
-        """The first item and its result: their transfer cost is measured if it matters."""
-        self._first = (item, result)
-
     @property
     def transfer(self) -> float:
         """Seconds to send one item and its result (both ways, both sides)."""
-        return self._measure()[0]
-
-    @property
-    def transfer_bytes(self) -> int:
-        return self._measure()[1]
-
-    @property
-    def measured_transfer(self) -> float | None:
-        """The transfer's seconds, if the probe measured it (for the history)."""
-        return self._transfer[0] if self._transfer is not None and self._transfer[1] else None
-
-    def _measure(self) -> tuple[float, int]:
-        if self._transfer is None:
-            self._transfer = (0.0, 0)
-            if self._first is not None:
-                item, result = self._first
-                self._first = None
-                try:
-                    seconds_in, size_in = _costs.least_transfer(item)
-                    seconds_out, size_out = _costs.least_transfer(result)
-                    self._transfer = (seconds_in + seconds_out + _costs.ITEM_OVERHEAD,
-                                      size_in + size_out)
-                except Exception as exc:
-                    self.unsendable = exc
-        return self._transfer
+        return self.moved.seconds
 
     def per_item(self) -> float:
         """The median item's seconds (after the first, which often pays for
@@ -187,11 +156,7 @@ class Probe:
         0.5: it mostly waits); not the process's, which idle BLAS threads inflate."""
         own = self.thread_cpu or self.cpu
         shares = sorted(c / t for c, t in zip(own, self.times, strict=False) if t > 0)
-        share = shares[len(shares) // 2] if shares else 1.0
-        if share < _threads.WAITING and self._waits is not None:
-            # Time spent waiting for a CPU is not waiting for I/O.
-            share = min(1.0, share / max(1e-6, 1.0 - self._waits.share(len(self.times))))
-        return share
+        return shares[len(shares) // 2] if shares else 1.0
 
     def pool_item_cost(self, cost: float) -> float:
         """One item's seconds in a worker: the caller's, times the CPUs it
@@ -233,19 +198,20 @@ class Probe:
             size = 2 * max(1, math.ceil(seconds / cost))
             if 2 * size <= remaining:
                 return 0 if trial_cannot_pay(size, cost, self.cpu_share(), remaining,
-                                             self._sendable, self.pool) else size
+                                             self.moved.sendable, self.pool) else size
         return 0
-
-    def _sendable(self) -> float:
-        """The transfer's seconds; infinite for items that cannot be sent."""
-        transfer = self.transfer
-        return math.inf if self.unsendable is not None else transfer
 
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
         cost = self.per_item()
+        # CPU-bound if either reading says so: items that waited for a CPU
+        # (other programs, BLAS threads spinning beside them) read as
+        # waiting; a pure Python item beside busy threads read 0.18 of a CPU,
+        # and an unbounded trial chose 8 to 32 threads for it.
+        self.trial_busy = trial.thread_cpu / trial.wall if trial.thread_cpu and trial.wall > 0 \
+            else 0.0
         speedup = 1.0 if trial.failed else \
-            trial.speedup(cost, self.cpu_share() >= _threads.WAITING)
+            trial.speedup(cost, max(self.cpu_share(), self.trial_busy) >= _threads.WAITING)
         self.trial_starved = trial.starved()
         # Items per second over the probe's: more than two threads can do
         # (before the CPU time's bound) means the probe's items were slower.
@@ -255,11 +221,20 @@ class Probe:
         else:
             self.trial_speedup = speedup
 
+    def reconsider(self, seen: int, cost: float, watched: tuple[int, float, float]) -> Verdict:
+        """The verdict after ``seen`` items, with the rest costing ``cost``
+        each: ``watched`` says the last (count) run here took (seconds) each,
+        up from (seconds) (see _serial.SerialLoop.watch)."""
+        scale = cost / max(self.per_item(), 1e-12)
+        for readings in (self.times, self.cpu, self.thread_cpu):
+            readings[:] = [seconds * scale for seconds in readings]
+        self.watched = watched
+        return self.verdict(seen)
+
     def rebase(self) -> None:
         """Forget the items timed so far (a trial showed they ran slower than
         the items now do), to time the next ones afresh."""
         self.times, self.cpu, self.thread_cpu = [], [], []
-        self._waits = _native.CpuWait(self.clock) if self.threads else None
         self.started = self.clock()
 
     @staticmethod
@@ -309,12 +284,17 @@ class Probe:
         return self.verdict(seen).serial_more is not None
 
     def verdict(self, seen: int) -> Verdict:
-        cost = self.per_item()
+        cost, stale, watched = self.per_item(), self.stale[:1], self.watched  # as they are now
 
         def probed() -> str:
             capped = self.cap.describe() if self.cap is not None else ""
-            again = (f" (timed again after a thread trial ran {self.stale[0]:.1f}x the first "
-                     f"items per second, more than two threads can)") if self.stale else ""
+            again = "".join(f" (timed again after a thread trial ran {rate:.1f}x the first items "
+                            f"per second, more than two threads can)" for rate in stale)
+            if watched is not None:
+                ran, was, now = watched
+                return (f"ran {seen} items here, serially as planned; the last {ran} took "
+                        f"~{format_seconds(now)} each, up from ~{format_seconds(was)}"
+                        + (f", and rising: ~{format_seconds(cost)} each ahead" if cost > now else ""))
             return f"probed {seen} item{'s' * (seen != 1)} of ~{format_seconds(cost)}{again}{capped}"
         if self.total is not None:
             remaining = self.total - seen
@@ -368,7 +348,8 @@ class Probe:
         speedup = self.trial_speedup
         if not self.threads or speedup is None or speedup < THREADS_GAIN:
             return 0, None
-        return threads_projection(remaining, cost, speedup, self.pool.workers, self.cpu_share())
+        share = max(self.cpu_share(), self.trial_busy / 2)  # the trial's: two threads'
+        return threads_projection(remaining, cost, speedup, self.pool.workers, share)
 
     def _threads_text(self, threads: int, threaded: float | None) -> str:
         if not self.threads or self.trial_speedup is None:

@@ -3,6 +3,7 @@ first items while the planner decides."""
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -27,6 +28,15 @@ from .errors import stop_iteration_error
 __all__ = ["SerialLoop"]
 
 SERIAL_BATCH = 1024
+#: a serial verdict's items are watched while they run (see SerialLoop.watch)
+#: when at least this many are left, of at least WATCH_ITEM seconds each
+WATCH_ITEMS = 8
+WATCH_ITEM = 20e-6
+#: each stretch timed is this many seconds of items, or this share of the time so far
+STRETCH_SECONDS, STRETCH_SHARE = 0.005, 0.25
+#: two stretches in a row whose items cost this much more than the verdict's:
+#: the planner is asked again (one alone may be a pause, or another program)
+DRIFT = 1.3
 RESPONSIVE_SECONDS = 0.02
 
 
@@ -59,6 +69,7 @@ class SerialLoop:
         self.blas_free: bool | None = None  # what the probe's BLAS check found, if it ran
         self.transfer: float | None = None  # an item's transfer, if the probe measured it
         self.ledger: Callable[[int, list[Any]], None] | None = None  # told each result made
+        self.prober: Probe | None = None  # the probe, once it has decided (see watch)
 
     def run(self, limit: int | None = None) -> Iterator[list[Any]]:
         """Run up to ``limit`` items (all when None)."""
@@ -91,6 +102,42 @@ class SerialLoop:
                 return
             if left is not None:
                 left -= len(chunk)
+
+    def watch(self, verdict: Verdict) -> Generator[list[Any], None, Verdict | None]:
+        """Run the rest here, as ``verdict`` (serial) said, in timed stretches
+        (STRETCH_SECONDS, growing with the time so far): when two in a row
+        cost DRIFT times what the verdict rested on, the planner decides
+        again at the latest cost, and a pool it now chooses gets the rest
+        (returned: the new verdict). The probe's median is of the first
+        items, and blocks of primes cost ~1 ms at the start of
+        examples/numeric.py and ~7 ms at its end. None: all ran here."""
+        probe, left, cost = self.prober, self.source.remaining, verdict.per_item
+        if probe is None or left is None or left < WATCH_ITEMS or cost < WATCH_ITEM:
+            yield from self.run()
+            return None
+        watching, rising = time.perf_counter(), 0
+        before: tuple[float, float] = (cost, self.source.index)  # (seconds per item, where)
+        while left := self.source.remaining:
+            seconds = max(STRETCH_SECONDS, STRETCH_SHARE * (time.perf_counter() - watching))
+            stretch = max(2, math.ceil(seconds / before[0]))
+            start, began = self.source.index, time.perf_counter()
+            yield from self.run(stretch)
+            count = self.source.index - start
+            if count < stretch:
+                return None  # the input ended (an iterator shorter than it said)
+            took, middle = (time.perf_counter() - began) / count, start + count / 2
+            rising = rising + count if took > DRIFT * cost else 0
+            if rising > count and (left := left - count) > 0:
+                # Rising from the last stretch to this one: the rest, at that
+                # rate, averages more than this one's (never less).
+                slope = max(0.0, (took - before[0]) / max(1.0, middle - before[1]))
+                ahead = took + slope * (count / 2 + (left + 1) / 2)
+                again = probe.reconsider(self.source.index, ahead, (rising, cost, took))
+                if again.serial_more is not None:
+                    return again
+                cost, rising = took, 0
+            before = (took, middle)
+        return None
 
     def _into_sink(self, sink: list[Any]) -> None:
         """The rest of a list, tuple or range, straight into the caller's
@@ -265,7 +312,7 @@ class SerialLoop:
                       capped=uncap is not None)
             self.stats.note_item(took, index)
             if index == 0:
-                probe.keep_first(item, result)
+                probe.moved.keep(item, result)
                 if head is not None and not head.settle():
                     head = None  # it did not fire: the item was quick
             yield from self._emit([result], index)
@@ -287,13 +334,14 @@ class SerialLoop:
         self.first_seconds = probe.times[0] if probe.times else 0.0
         self.cpu_share = probe.cpu_share()
         self.blas_free = probe.cap.found if probe.cap is not None else None
-        self.transfer = probe.measured_transfer
+        self.transfer = probe.moved.measured
         if self.head_started:
             self.unpicklable = None
             self.per_item = sorted(probe.times)[len(probe.times) // 2]
             return
         self.verdict = probe.verdict(source.index)
-        self.unpicklable = probe.unsendable
+        self.unpicklable = probe.moved.unsendable
+        self.prober = probe
 
 
 def _run_by_loop(sink: list[Any], call: Callable[[Any], Any], items: Iterator[Any]) -> None:

@@ -25,6 +25,9 @@ class RunStats:
         self.per_item: float | None = None  # as the pool's workers measured it
         self.caller_per_item: float | None = None  # as the caller's probe measured it
         self.probed = False  # caller_per_item was measured in this call (not recalled)
+        #: (workers' seconds per item, the caller's) over the same stretch of
+        #: items, both sharing the CPUs (_flow.Flow.proven), when measured
+        self.proven: tuple[float, float] | None = None
         #: the caller ran items while the pool's workers did (a head start, a
         #: proving flow): with as many workers as CPUs, they waited for a CPU
         self.beside = False
@@ -79,16 +82,16 @@ class RunStats:
             if plan.per_item is not None:
                 _costs.remember(fn, plan.per_item, "serial")
         else:
-            uncontended = None
             if self.per_item is not None:
                 plan.per_item = self.per_item
-                uncontended = self.uncontended(self.per_item, plan.workers)
-                _costs.remember(fn, uncontended, plan.backend)
+                _costs.remember(fn, self.uncontended(self.per_item, plan.workers), plan.backend)
             if self.caller_per_item is not None:
                 _costs.remember(fn, self.caller_per_item, "serial")
-                if uncontended is not None and plan.backend == "process" and self.probed:
-                    # Both sides measured this call's items: how much slower a
-                    # worker is (not counting its waits beside the caller's items).
-                    _costs.remember(fn, uncontended / self.caller_per_item, "ratio")
+            if self.proven is not None and plan.backend == "process":
+                # How much slower a worker is, from items next to each other
+                # run at the same time; the probe's first items against all
+                # of the workers' read 4-7x for items whose cost rises.
+                workers, caller = self.proven
+                _costs.remember(fn, workers / caller, "ratio")
         plan.slowest = sorted(((i, t) for t, i in self._slowest if i >= 0),
                               key=lambda pair: -pair[1])

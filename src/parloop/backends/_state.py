@@ -27,13 +27,13 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ..errors import SetupError
+from ..errors import SetupError, add_note
 
 __all__ = ["KEEP", "Setup", "end_here", "forget_thread", "known_id", "set_worker_id", "setup_for",
-           "state_of", "worker_id"]
+           "state_of", "teardown_results", "worker_id"]
 
 KEEP = 4
 
@@ -187,6 +187,26 @@ def end_here(setup: Setup, per_thread: bool) -> Ending:
                            f"{type(exc).__name__}: {exc}, in {_where()}")
         error.__cause__ = exc
         return True, None, error
+
+
+def teardown_results(setup: Setup, ended: Iterable[tuple[int | None, Any, BaseException | None]],
+                     returned: bool) -> tuple[list[Any], BaseException | None]:
+    """A call's teardown results: the caller ends its own state first, if it
+    ran items (``end_here``), then come the workers' (``ended``: worker_id(),
+    value, error), by worker_id().
+    With them, the first error (None when there is none, or when
+    ``returned``: errors="return" puts each in the list)."""
+    made, value, error = end_here(setup, False)
+    answers = [(-1, value, error)] if made else []
+    answers += sorted([(1 << 30 if worker is None else worker, value, error)
+                       for worker, value, error in ended], key=lambda answer: answer[0])
+    results = [value if error is None else error for _, value, error in answers]
+    errors = [error for _, _, error in answers if error is not None]
+    if not errors or returned:
+        return results, None
+    for other in errors[1:]:
+        add_note(errors[0], f"another worker's teardown raised too: {other}")
+    return results, errors[0]
 
 
 def set_worker_id(index: int | None, per_thread: bool = False) -> None:
