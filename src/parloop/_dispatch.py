@@ -205,12 +205,15 @@ class _Call:
         if self.head is not None and self.loop.head_started:
             flow.adopt(self.head.sent)
         if self.options.backend == "auto" and self.stats.caller_per_item:
-            flow.serial_cost = self.stats.caller_per_item
-            # Unproven: no worker has measured this function yet (when one
-            # has, the plan already rests on it; proving it again ran an item
-            # here beside both workers: 8 x 57 ms took 318 ms, not 244).
-            if plan.backend == "process" and not self.loop.head_started \
-                    and self.job.setup is None and "process" not in self.history:
+            # Proven once per function (again: 8 x 57 ms took 318 ms, not 244);
+            # then the plan has the workers' slowdown ("ratio"), and their first
+            # items against the probe's earlier ones would show how the cost
+            # moves with the index, not the workers' speed.
+            proving = plan.backend == "process" and not self.loop.head_started \
+                and self.job.setup is None and "process" not in self.history
+            if proving or "ratio" not in self.history:
+                flow.serial_cost = self.stats.caller_per_item
+            if proving:
                 flow.prove(_run_here(self.job.caller()))
                 self.stats.beside = True
         broken = False
@@ -225,7 +228,7 @@ class _Call:
             lease.release(broken)
             self._shipped()
         if flow.retreated and self.source.peek():
-            self._retreat(sizer.per_item or 0.0)
+            self._retreat(sizer.per_item or 0.0, flow.caller_cost() or 0.0)
             yield from self.loop.run()
 
     def _shipped(self) -> None:
@@ -304,9 +307,9 @@ class _Call:
             return
         plan.backend = "process"
 
-    def _retreat(self, worker_cost: float) -> None:
+    def _retreat(self, worker_cost: float, here: float) -> None:
         """The workers ran items slower than the caller: it runs the rest."""
-        plan, why, here = self.plan, self.plan.why, self.stats.caller_per_item or 0.0
+        plan, why = self.plan, self.plan.why
         left, workers = self.source.remaining, self.workers
         plan.reason = lambda: (
             f"{why}; but the workers measured ~{format_seconds(worker_cost)} per item, slower "

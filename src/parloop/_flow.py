@@ -114,7 +114,10 @@ class Flow:
                 if self.in_flight == 0:
                     break
                 if self._run_here is not None and not self.exhausted:
-                    outcomes = backend.wait(self.job, PROVE_POLL)
+                    # The workers' first reports are in but the caller has run
+                    # none of its own beside them: one now, to weigh them by.
+                    outcomes = [] if self.sizer.observed >= RETREAT_AFTER and not self.here \
+                        else backend.wait(self.job, PROVE_POLL)
                     if not outcomes:
                         yield from self._one_here()
                         continue
@@ -187,7 +190,8 @@ class Flow:
         (by RETREAT). Only then: the caller's cost is of items next to their
         first ones, and later items may cost more (or less) than either."""
         seen, per_item, caller = self.sizer.observed, self.sizer.per_item, self.caller_cost()
-        if seen < RETREAT_AFTER or per_item is None or caller is None:
+        if seen < RETREAT_AFTER or per_item is None or caller is None \
+                or (self._run_here is not None and not self.here):
             return
         self.weighed = True
         if per_item / self._workers > RETREAT * caller:
@@ -213,7 +217,7 @@ class Flow:
             self.sizer.observe(len(outcome.values), outcome.busy)
             if self.serial_cost is not None and not self.exhausted and not self.weighed:
                 self._weigh()
-            if self._run_here is not None and self.sizer.observed >= RETREAT_AFTER:
+            if self._run_here is not None and self.sizer.observed >= RETREAT_AFTER and self.here:
                 self._run_here, self.window = None, 2 * self._workers  # proven
                 caller = self.caller_cost()
                 if self.sizer.per_item is not None and caller:

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["BUSY", "CAPPED_SLOWER", "CAP_ITEMS", "CAP_MOST", "MODULES", "STALL", "CapCheck",
+__all__ = ["BUSY", "CAPPED_SLOWER", "CAP_MOST", "MODULES", "STALL", "CapCheck",
            "blas_threads", "describe", "item_clock", "loaded", "one_thread", "run_delay"]
 
 #: modules whose code runs native thread pools (BLAS, OpenMP, intra-op threads)
@@ -47,14 +47,19 @@ STALL = 0.02
 #: quicker of the items run beside each, do not use BLAS's threads: 300x300
 #: products ran 1.35-1.8x slower capped here, pure Python items 0.9-1.1x
 CAPPED_SLOWER = 1.2
-CAP_ITEMS = 2  # items run capped, each between two run as usual
-CAP_MOST = 3  # ... and one more when the two disagree
+#: items run capped at most, each between two run as usual. One no slower
+#: settles it; only this many slower in a row say the items use BLAS's
+#: threads. A delay only ever adds time, and while OpenBLAS's threads spin
+#: beside it a pure Python item took 1.3-1.7x its neighbours now and then
+#: (~1 item in 15 here; two in a row failed a CI run): that error would keep
+#: the function serial, where the other costs a call a pool at about par.
+CAP_MOST = 4
 
 
 class CapCheck:
     """Whether the items use BLAS's threads, from items run in turn as
     usual and capped (``one_thread``): the last item before it, then capped,
-    as usual, capped, as usual. ``free`` is None until it knows."""
+    as usual, capped, as usual... (CAP_MOST). ``free`` is None until it knows."""
 
     def __init__(self, before: float, cpus: float) -> None:
         self.capped: list[float] = []
@@ -84,29 +89,28 @@ class CapCheck:
 
     @property
     def found(self) -> bool | None:
-        """What this call's capped items showed (None: none ran)."""
+        """What this call's capped items showed (None: they did not finish)."""
         return self.free if self.ratios else None
 
     def note(self, seconds: float, capped: bool) -> None:
         (self.capped if capped else self.beside).append(seconds)
-        if not capped and self.free is None and len(self.capped) >= CAP_ITEMS:
-            ratios = [item / max(1e-9, min(left, right)) for item, left, right
-                      in zip(self.capped, self.beside, self.beside[1:], strict=False)]
-            as_fast = sorted(ratio <= CAPPED_SLOWER for ratio in ratios)
-            # Two that agree settle it; when they do not (a capped item
-            # slowed by another process's burst reads like one that needs
-            # BLAS's threads), one more capped item breaks the tie.
-            if as_fast[0] == as_fast[-1] or len(ratios) >= CAP_MOST:
-                self.ratios = ratios
-                self.free = as_fast[len(as_fast) // 2]
+        if capped or self.free is not None or len(self.beside) != len(self.capped) + 1:
+            return
+        item, left, right = self.capped[-1], self.beside[-2], self.beside[-1]
+        self.ratios.append(item / max(1e-9, min(left, right)))
+        if self.ratios[-1] <= CAPPED_SLOWER:
+            self.free = True
+        elif len(self.ratios) >= CAP_MOST:
+            self.free = False
 
     def describe(self) -> str:
         """The plan's words for it, once it knows."""
-        if not self.ratios:
+        if not self.ratios or self.free is None:
             return ""
         ratios = " and ".join(f"{ratio:.2f}x" for ratio in self.ratios)
-        return (f"; {len(self.ratios)} items ran with BLAS capped at one thread, {ratios} the "
-                f"time of the items beside them: "
+        items = f"{len(self.ratios)} item{'s' * (len(self.ratios) > 1)}"
+        return (f"; {items} ran with BLAS capped at one thread, {ratios} the time of the "
+                f"items beside {'them' if len(self.ratios) > 1 else 'it'}: "
                 + (f"its threads' idle spin read as {self.cpus:.1f} CPUs busy" if self.free
                    else f"the items use its threads ({self.cpus:.1f} CPUs)"))
 
