@@ -13,7 +13,7 @@ from helpers import FakeClock, spin_for
 from test_auto_threads import warm_pool
 
 from parloop import parallel_for
-from parloop._planner import Probe
+from parloop._planner import THREADS_GAIN, Probe
 from parloop._threads import MOST, WAITING, Trial
 
 # -- items that waited for a CPU, not for I/O -------------------------------------------------
@@ -57,6 +57,14 @@ def test_a_trial_of_items_that_wait_still_reads_their_gain() -> None:
     verdict = probe.verdict(8 + items)
     assert verdict.backend == "thread" and verdict.workers is not None
     assert verdict.workers > 2, verdict.reason  # more threads than CPUs for waiting items
+    # The same on two threads that also waited for a CPU most of the time:
+    # starved, they wanted one, and the items are CPU-bound after all.
+    starved, _ = starved_probe()
+    starved.note_trial(Trial([(None, None)] * items, wall, wall * 0.2, thread_cpu=wall * 0.2,
+                             waited=wall * 0.7))
+    assert starved.trial_busy == pytest.approx(0.9)
+    assert starved.trial_speedup is not None and starved.trial_speedup < THREADS_GAIN
+    assert starved.verdict(8 + items).backend == "process"
 
 
 # -- a trial that ran faster than two threads can ------------------------------------------

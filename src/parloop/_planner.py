@@ -70,7 +70,7 @@ class Probe:
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
         self.trial_starved = False  # this call's trial ran while others held the CPUs
-        self.trial_busy = 0.0  # CPUs its two threads kept busy (their CPU time over its wall time)
+        self.trial_busy = 0.0  # CPUs its two threads used or waited for, over its wall time
         self.watched: tuple[int, float, float] | None = None  # see reconsider
         self.stale: list[float] = []  # trials' rates over more than two threads can (MOST)
         self.no_trial = ""  # why a thread trial was left out, when native threads were why
@@ -204,12 +204,13 @@ class Probe:
     def note_trial(self, trial: _threads.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
         cost = self.per_item()
-        # CPU-bound if either reading says so: items that waited for a CPU
-        # (other programs, BLAS threads spinning beside them) read as
-        # waiting; a pure Python item beside busy threads read 0.18 of a CPU,
-        # and an unbounded trial chose 8 to 32 threads for it.
-        self.trial_busy = trial.thread_cpu / trial.wall if trial.thread_cpu and trial.wall > 0 \
-            else 0.0
+        # CPU-bound if either reading says so, the trial's counting the time
+        # its threads were runnable but off a CPU (Linux's run delay): items
+        # that waited for a CPU (other programs, BLAS threads spinning beside
+        # them) read as waiting; a pure Python item beside busy threads read
+        # 0.18 of a CPU, and an unbounded trial chose 6 to 32 threads for it.
+        wanted = (trial.thread_cpu or 0.0) + (trial.waited or 0.0)
+        self.trial_busy = wanted / trial.wall if trial.wall > 0 else 0.0
         speedup = 1.0 if trial.failed else \
             trial.speedup(cost, max(self.cpu_share(), self.trial_busy) >= _threads.WAITING)
         self.trial_starved = trial.starved()
