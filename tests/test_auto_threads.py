@@ -26,16 +26,14 @@ from parloop._native import run_delay
 from parloop._planner import THREADS_GAIN, Probe
 from parloop._projections import MARGIN
 from parloop._threads import (
-    LOSING,
     MAX_THREADS,
     RUN_ON,
-    Trial,
     parallel_share,
     projected_speedup,
-    run_trial,
     runs_on,
     thread_count,
 )
+from parloop._trial import LOSING, Trial, run_trial
 
 # -- synthetic -------------------------------------------------------------------------------
 
@@ -147,12 +145,16 @@ def test_a_trial_shares_its_items_so_a_late_helper_costs_no_wait() -> None:
 
 
 @pytest.mark.timeout(60)
-def test_a_trial_whose_helper_ran_nothing_is_run_again(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("late", ["after every item", "most of an item"])
+def test_a_trial_whose_helper_started_late_is_run_again(monkeypatch: pytest.MonkeyPatch,
+                                                        late: str) -> None:
     # Real threads and sleeps. The first trial's helper is held back until
-    # the caller has run every item of it (as a thread start on a loaded host
-    # can be): that trial reads one thread's speed, ~1x, which once sent a
-    # call of 10 ms sleeps to processes ("the GIL is held"). It shows nothing
-    # about two threads: a second trial runs, and the call goes to threads.
+    # the caller has run every item of it, or for 7 ms of its 10 ms item (as
+    # a thread start on a loaded host can be): that trial reads one thread's
+    # speed, ~1x, or one thread's and then the other's tail (0.82x in a CI
+    # run), which sent a call of 10 ms sleeps to processes ("the GIL is held",
+    # "they compete"). It shows little about two threads: a second trial
+    # runs, and the call goes to threads.
     from parloop import _serial
 
     trials: list[int] = []
@@ -170,6 +172,8 @@ def test_a_trial_whose_helper_ran_nothing_is_run_again(monkeypatch: pytest.Monke
             if threading.current_thread() is threading.main_thread() and item is items[-1]:
                 done.set()
             return result
+        if late == "most of an item":
+            return real(call, items, ready=lambda: time.sleep(0.007), **kwargs)
         return real(counted, items, ready=lambda: done.wait(10), **kwargs)
 
     monkeypatch.setattr(_serial, "run_trial", first_one_sided)
@@ -625,10 +629,16 @@ def test_a_second_call_of_a_function_that_releases_the_gil_skips_the_probe() -> 
     fn([0.01] * 40)
     first = fn.last_plan
     assert first is not None and first.backend == "thread", first.reason
+    kept = "trial" in _costs.recall(fn)
     assert fn([0.01] * 40) == [0.01] * 40
     plan = fn.last_plan
     assert plan is not None and plan.backend == "thread", plan.reason
-    assert "no probe" in plan.reason and plan.workers > (os.cpu_count() or 1), plan.reason
+    assert plan.workers > (os.cpu_count() or 1), plan.reason
+    if kept:
+        assert "no probe" in plan.reason, plan.reason
+    else:  # a busy host: the plan said why the first trial was not kept, and it ran again
+        assert "a reading for this call only" in first.reason, first.reason
+        assert "no probe" not in plan.reason, plan.reason
 
 
 def test_a_second_call_of_a_few_heavy_items_uses_every_core_at_once() -> None:
@@ -744,6 +754,13 @@ def test_a_trial_run_while_other_programs_hold_the_cpus_decides_its_call_only() 
     assert not Trial(items, 8.1e-3, 16.1e-3, 7.7e-3, waited=6.6e-3).starved()
     # A helper whose start outlasted the trial ran nothing: nothing to keep either.
     assert Trial(items, 10e-3, 0.0, marks=[[(0.0, 0.0)] * 11, [(0.01, 0.0)]]).one_sided()
+    # One 10 ms item each: together for 2 ms of 18 (a helper 8 ms late), or
+    # for 10 ms of 10.3 (on time).
+    two = [(None, None)] * 2
+    assert Trial(two, 18e-3, 0.0, marks=[[(0.0, 0.0), (0.01, 0.0)],
+                                         [(0.008, 0.0), (0.018, 0.0)]]).one_sided()
+    assert not Trial(two, 10.3e-3, 0.0, marks=[[(0.0, 0.0), (0.0101, 0.0)],
+                                               [(0.0002, 0.0), (0.0103, 0.0)]]).one_sided()
     probe = probed(1.3e-3, 200)
     probe.note_trial(Trial(items, 13e-3, 13e-3, 13e-3, waited=9e-3))  # others: 0
     reason = str(probe.verdict(13).reason)
@@ -792,7 +809,8 @@ def test_workers_slower_than_the_caller_send_the_rest_back_and_the_history_keeps
         # workers reported 20 ms: the caller ran the rest itself.
         assert "ran the last" in first.reason, first.reason
     history = _costs.recall(_slower_in_a_worker)
-    assert history["serial"] == pytest.approx(0.002, rel=0.5)  # the caller's own measure
+    # The caller's own measure: 2 ms (4.3 ms beside two busy processes), not the workers' 20 ms.
+    assert 0.001 <= history["serial"] < 0.01, history
     if "process" in history:
         assert history["process"] > 0.01  # the workers' own, kept apart
         assert history["ratio"] > 5  # as this one call measured both sides

@@ -136,7 +136,7 @@ def test_the_probe_waits_for_a_check_under_way(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(_native, "MODULES", ("pytest",))
     probe = probed(1e-3, 1000, cpu_share=2.0)
     probe.clock.now += 1.0  # type: ignore[attr-defined]  # its budget is long spent
-    assert probe.done(4)
+    assert not probe.done(4)  # the check is due (see the next test)
     assert probe.wants_cap()
     assert not probe.done(4)
     run_check(probe, 1e-3, 1e-3)
@@ -242,3 +242,26 @@ def test_pure_python_items_right_after_a_numpy_product_go_to_processes() -> None
         assert kept == "0.0", reason  # kept for later calls: its items do not use BLAS's threads
     else:
         assert kept == "None" and "not tried on threads" not in reason, reason
+
+
+def test_a_probe_is_not_done_before_its_blas_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pure Python items of 1.24 ms right after a NumPy product, read as
+    # keeping 2 CPUs busy (OpenBLAS's threads spin). The probe's own time
+    # (10 ms, as a first call's setup took) was spent after two items, before
+    # the check's first capped item: the workers were projected at 2 CPUs an
+    # item, no faster than the caller, and the call stayed serial (5 of 30
+    # runs beside a busy process). Not done until the check has spoken.
+    monkeypatch.setattr(_native, "MODULES", ("pytest",))
+    probe = probed(1.24e-3, 400, cpu_share=2.0, seen=2)
+    probe.clock.now += 10e-3  # type: ignore[attr-defined]
+    assert not probe.done(2)
+    assert run_check(probe, 1.24e-3, 1.25e-3) == 1  # as fast capped: free
+    assert probe.cap is not None and probe.cap.free
+    assert probe.done(len(probe.times) + 1)
+    assert probe.verdict(len(probe.times) + 1).backend == "process"
+    # Without a BLAS loaded, the same readings are the process's other
+    # threads' doing: no check, and the probe goes by its time.
+    monkeypatch.setattr(_native, "MODULES", ())
+    probe = probed(1.24e-3, 400, cpu_share=2.0, seen=2)
+    probe.clock.now += 10e-3  # type: ignore[attr-defined]
+    assert probe.done(2) and probe.cap is None

@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Callable
 
-from . import _costs, _native, _threads
+from . import _costs, _native, _threads, _trial
 from ._costs import PoolCost
 from ._plan import Verdict, format_seconds
 from ._projections import LATENCY, MARGIN, projections, threads_projection, threads_win, trial_cannot_pay
@@ -69,7 +69,7 @@ class Probe:
         self.threads = threads  # threads may be tried and chosen (thread_safe=True)
         history = history or {}
         self.trial_speedup: float | None = history.get("trial")  # 2 threads over 1
-        self.trial_starved = False  # this call's trial ran while others held the CPUs
+        self.trial_only = ""  # why this call's trial holds for it only, if it does
         self.trial_busy = 0.0  # CPUs its two threads used or waited for, over its wall time
         self.watched: tuple[int, float, float] | None = None  # see reconsider
         self.stale: list[float] = []  # trials' rates over more than two threads can (MOST)
@@ -140,16 +140,21 @@ class Probe:
         if self.cap is not None:
             return self.cap if self.cap.next_capped() else None
         seen = len(self.times)  # asked at 2, 4, 8... items: a probe of µs items stays O(n)
-        if seen < 2 or seen & (seen - 1) or not _native.loaded():
+        if seen < 2 or seen & (seen - 1) or not self._cap_due(self.per_item()):
             return None
-        cost = self.per_item()
+        self.cap = _native.CapCheck(self.times[-1], self.cores_used())
+        return self.cap
+
+    def _cap_due(self, cost: float) -> bool:
+        """Whether the items so far, ``cost`` seconds each, call for the BLAS
+        check (see ``wants_cap``)."""
+        if not _native.loaded() or cost < _threads.TRIAL_MIN_ITEM:
+            return False
+        seen = len(self.times)
         if self.total is not None and (self.total - seen < CAP_AFTER
                                        or (self.total - seen) * cost < CAP_WORTH):
-            return None
-        if cost < _threads.TRIAL_MIN_ITEM or (cpus := self.cores_used()) < _native.BUSY:
-            return None
-        self.cap = _native.CapCheck(self.times[-1], cpus)
-        return self.cap
+            return False
+        return self.cores_used() >= _native.BUSY
 
     def cpu_share(self) -> float:
         """The calling thread's CPU seconds per wall second of the median item (under
@@ -201,7 +206,7 @@ class Probe:
                                              self.moved.sendable, self.pool) else size
         return 0
 
-    def note_trial(self, trial: _threads.Trial) -> None:
+    def note_trial(self, trial: _trial.Trial) -> None:
         """A trial's outcome; one in which an item raised says nothing for threads."""
         cost = self.per_item()
         # CPU-bound if either reading says so, the trial's counting the time
@@ -211,13 +216,19 @@ class Probe:
         # 0.18 of a CPU, and an unbounded trial chose 6 to 32 threads for it.
         wanted = (trial.thread_cpu or 0.0) + (trial.waited or 0.0)
         self.trial_busy = wanted / trial.wall if trial.wall > 0 else 0.0
-        speedup = 1.0 if trial.failed else \
-            trial.speedup(cost, max(self.cpu_share(), self.trial_busy) >= _threads.WAITING)
-        self.trial_starved = trial.starved()
+        cpu_bound = self.cpu_share() >= _threads.WAITING or self.trial_busy >= _threads.ONE_CPU
+        speedup = 1.0 if trial.failed else min(2.0, trial.speedup(cost, cpu_bound))
+        self.trial_only = trial.only()
         # Items per second over the probe's: more than two threads can do
-        # (before the CPU time's bound) means the probe's items were slower.
-        if not trial.failed and (rate := trial.speedup(cost, False)) > _threads.MOST:
-            self.stale.append(rate)  # no reading: the items are probed again (rebase)
+        # (before the CPU time's bound) means the probe's items were slower;
+        # they are probed again (rebase), once. A second such reading, of
+        # items timed just now, is of items that ran slower alone than two at
+        # once: 10 ms sleeps beside two busy processes took 13-19 ms alone (a
+        # wake-up waits for a CPU) and 10 ms in the trial, and read 2.6-3.1x
+        # twice. Two threads' gain is then read as two threads' most.
+        if not trial.failed and not self.stale \
+                and (rate := trial.speedup(cost, False)) > _threads.MOST:
+            self.stale.append(rate)
             self.no_trial = f"; the thread trial after it ran {rate:.1f}x: no reading of threads"
         else:
             self.trial_speedup = speedup
@@ -257,11 +268,14 @@ class Probe:
         remaining = self.total - seen
         if remaining <= 0:
             return True
-        if self.cap is not None and self.cap.free is None:
-            return False  # items with BLAS capped, under way: a few more
+        cost = self.per_item()
+        if self._cap_due(cost) if self.cap is None else self.cap.free is None:
+            # Items with BLAS capped, due or under way: a few more. Items
+            # after a NumPy product read 2 CPUs each (OpenBLAS's threads
+            # spin), and a probe done before the check kept pure Python serial.
+            return False
         # One item may carry first-call costs: a clear win needs three, unless
         # items are heavy enough that waiting for more costs real time.
-        cost = self.per_item()
         if seen < 3 and cost < HEAVY_ITEM:
             return elapsed >= PROBE_FLOOR
         if self._too_small(remaining, cost) or self.pool.workers == 1:
@@ -355,7 +369,7 @@ class Probe:
     def _threads_text(self, threads: int, threaded: float | None) -> str:
         if not self.threads or self.trial_speedup is None:
             return self.no_trial if self.threads else ""
-        return _threads.describe(self.trial_speedup, threads, threaded, self.trial_starved)
+        return _threads.describe(self.trial_speedup, threads, threaded, self.trial_only)
 
     def _unknown_length(self, probed: Callable[[], str], cost: float) -> Verdict:
         """Compare throughputs, then rent before buying."""

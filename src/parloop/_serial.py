@@ -17,7 +17,8 @@ from ._plan import Verdict
 from ._planner import THREADS_GAIN, Probe
 from ._policy import ErrorPolicy
 from ._stats import RunStats
-from ._threads import RUN_ON_BLOCK, run_trial
+from ._threads import RUN_ON_BLOCK
+from ._trial import run_trial
 
 # Loaded with the engine (~1 ms), not by a trial's helper thread: imported
 # there, beside the caller's items, it held the helper's first item back by
@@ -63,7 +64,7 @@ class SerialLoop:
         self.history: dict[str, float] = {}  # what earlier calls measured (_costs.recall)
         self.trial_speedup: float | None = None  # what a thread trial showed
         self.trial_sure = False  # ... over long enough to keep for later calls
-        self.trial_cut = False  # ... and it stopped early (see _threads._Shared.take)
+        self.trial_cut = False  # ... and it stopped early (see _trial._Shared.take)
         self.ran_on = False  # the rest ran on two threads here (run_on)
         self.cpu_share = 1.0  # the CPU share of the probe's median item
         self.blas_free: bool | None = None  # what the probe's BLAS check found, if it ran
@@ -193,17 +194,18 @@ class SerialLoop:
 
     def _trial(self, probe: Probe, size: int) -> Generator[list[Any], None, bool]:
         """Run the next ``size`` items on two threads at once (see
-        ``_threads``), tell ``probe`` what that showed, and settle them in
+        ``_trial``), tell ``probe`` what that showed, and settle them in
         order, as the serial loop would have. False: a thread's warm-up
-        spoilt it (see ``Trial.warmed_up``), or the helper ran none of the
-        items (it started too late: the reading is one thread's alone)."""
+        spoilt it (see ``Trial.warmed_up``), or the two threads ran items at
+        once for too little of it (the helper started late: the reading is
+        mostly one thread's, see ``Trial.one_sided``)."""
         start = self.source.index
         items, error = self.source.take(size)
         if not items:
             if error is not None:
                 raise error
             return True
-        # A trial may stop early (see _threads._Shared.take), unless the input
+        # A trial may stop early (see _trial._Shared.take), unless the input
         # raised after these items: that error must stay after them.
         trial = run_trial(self.call, items,
                           per_item=probe.per_item() if error is None else None,
