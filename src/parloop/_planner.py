@@ -139,18 +139,21 @@ class Probe:
         2, 4, 8... items, as the readings and the median take O(items)."""
         if self.cap is not None:
             return self.cap if self.cap.next_capped() else None
-        seen = len(self.times)  # asked at 2, 4, 8... items: a probe of µs items stays O(n)
-        if seen < 2 or seen & (seen - 1) or not self._cap_due(self.per_item()):
+        if not self._cap_due():
             return None
         self.cap = _native.CapCheck(self.times[-1], self.cores_used())
         return self.cap
 
-    def _cap_due(self, cost: float) -> bool:
-        """Whether the items so far, ``cost`` seconds each, call for the BLAS
-        check (see ``wants_cap``)."""
-        if not _native.loaded() or cost < _threads.TRIAL_MIN_ITEM:
-            return False
+    def _cap_due(self, cost: float | None = None) -> bool:
+        """Whether the items so far, ``cost`` seconds each (None: their
+        median), call for the BLAS check (see ``wants_cap``); asked after 2,
+        4, 8... items only, as the readings and the median take O(items):
+        a probe of µs items stays O(n)."""
         seen = len(self.times)
+        if seen < 2 or seen & (seen - 1) or not _native.loaded():
+            return False
+        if (cost := self.per_item() if cost is None else cost) < _threads.TRIAL_MIN_ITEM:
+            return False
         if self.total is not None and (self.total - seen < CAP_AFTER
                                        or (self.total - seen) * cost < CAP_WORTH):
             return False

@@ -27,23 +27,18 @@ __all__ = ["LOSING", "STARVED", "STEADY_ITEMS", "STOP_ITEMS", "TOGETHER", "TRIAL
            "run_trial"]
 
 TRIAL_SURE = 0.005  # a trial this long is kept in the history; a shorter one decides one call
-
 #: items that must finish while both threads of a trial are past their
 #: first for that part alone to decide (each end of it may count one off)
 STEADY_ITEMS = 8
-
 WARM_UP = 3.0  # a thread's first item this many times slower than its others: a warm-up
-
 #: a trial stops early once this many items, finished while both threads were
 #: past their first, ran at under LOSING of one thread's speed (see _Shared.take)
 STOP_ITEMS = 4
 LOSING = 0.7
-
 #: the trial's two threads waited for a CPU (not for the GIL) this share of
 #: its wall time between them: other programs held the CPUs, and the reading
 #: decides this call only (see ``Trial.starved``)
 STARVED = 0.25
-
 #: a trial too short for a steady part (see ``Trial.steady``) whose two
 #: threads ran items at once for less than this share of it reads mostly one
 #: thread's items: it is run again (see ``Trial.one_sided``)
