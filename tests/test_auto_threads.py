@@ -761,6 +761,13 @@ def test_a_trial_run_while_other_programs_hold_the_cpus_decides_its_call_only() 
                                          [(0.008, 0.0), (0.018, 0.0)]]).one_sided()
     assert not Trial(two, 10.3e-3, 0.0, marks=[[(0.0, 0.0), (0.0101, 0.0)],
                                                [(0.0002, 0.0), (0.0103, 0.0)]]).one_sided()
+    # The same late helper in a trial run again, on a thread that was up:
+    # it waited for the GIL (pure Python runs in turns), and that is the
+    # reading, kept for later calls, or every later call would probe again.
+    late = Trial(two, 18e-3, 0.0, marks=[[(0.0, 0.0), (0.01, 0.0)],
+                                         [(0.008, 0.0), (0.018, 0.0)]])
+    late.again = True
+    assert not late.one_sided() and late.only() == "" and late.sure()
     probe = probed(1.3e-3, 200)
     probe.note_trial(Trial(items, 13e-3, 13e-3, 13e-3, waited=9e-3))  # others: 0
     reason = str(probe.verdict(13).reason)
@@ -926,3 +933,24 @@ def test_the_cpus_a_numpy_product_keeps_busy_are_read_from_each_thread() -> None
     assert cpus(lambda: matrix @ matrix.T) >= _native.BUSY
     time.sleep(0.5)  # OpenBLAS's threads spin for a while after a product, then sleep
     assert cpus(lambda: hashlib.sha256(data).digest()) < _native.BUSY
+
+
+def _pure(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+@pytest.mark.timeout(60)
+def test_a_trial_of_pure_python_is_kept_for_later_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Real threads, pure Python: the helper waits for the GIL the caller
+    # holds, so its items start late in every trial. That is the GIL at
+    # work, not a late thread: the reading is kept, and a later call needs no
+    # trial ("trial" in the history, not "for this call only").
+    monkeypatch.setenv("PARLOOP_COST_CACHE", "off")
+    fn = parallel_for(_pure)
+    assert fn([20_000] * 400) == [_pure(20_000)] * 400
+    plan = fn.last_plan
+    assert plan is not None and plan.backend != "thread", plan.reason
+    history = _costs.recall(_pure)
+    if "the CPUs meanwhile" not in plan.reason:  # not starved by other programs
+        assert "trial" in history or "cut" in history, (history, plan.reason)
+        assert "ran at once for part of it" not in plan.reason, plan.reason

@@ -192,7 +192,8 @@ class SerialLoop:
         self.source.index = start + len(chunk)
         return batch, None
 
-    def _trial(self, probe: Probe, size: int) -> Generator[list[Any], None, bool]:
+    def _trial(self, probe: Probe, size: int, again: bool = False
+               ) -> Generator[list[Any], None, bool]:
         """Run the next ``size`` items on two threads at once (see
         ``_trial``), tell ``probe`` what that showed, and settle them in
         order, as the serial loop would have. False: a thread's warm-up
@@ -213,6 +214,7 @@ class SerialLoop:
         if len(trial.results) < len(items):  # it stopped early: the rest goes back
             self.source.give_back(items[len(trial.results):])
             items = items[:len(trial.results)]
+        trial.again = again
         probe.note_trial(trial)
         self.trial_speedup = probe.trial_speedup
         self.trial_sure = trial.sure() and probe.trial_speedup is not None  # else this call's
@@ -326,7 +328,7 @@ class SerialLoop:
                         and source.remaining is not None and source.remaining >= 2 * size:
                     # The helper's warm-up left no part of the trial with both
                     # threads warm: once more, on the same thread, warm now.
-                    yield from self._trial(probe, size)
+                    yield from self._trial(probe, size, again=True)
                 if size and len(probe.stale) == 1 and probe.trial_speedup is None:
                     probe.rebase()  # the items ran slower when probed than they do now
                     continue

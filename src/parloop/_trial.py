@@ -63,6 +63,7 @@ class Trial:
         self.waited = waited  # the two threads' seconds runnable but off CPU; None: unknown
         self.cut = cut  # the speedup that stopped it early (see _Shared.take); None: it ran all
         self.failed = any(exc is not None for _, exc in results)
+        self.again = False  # it follows a one-sided trial of the same call (see one_sided)
 
     def speedup(self, per_item: float, cpu_bound: bool = True) -> float:
         """Throughput of two threads over one thread's: the items' count at
@@ -135,7 +136,14 @@ class Trial:
         two at once. The helper's start outlasted the whole trial (it ran
         none), or most of an item: a thread start held up ~8 ms on a loaded
         host read 10 ms sleeps at 0.82x, one thread's speed and the other's
-        tail, and sent them to processes."""
+        tail, and sent them to processes. Never a trial run ``again``: a
+        helper late twice, on a thread that was up by then, waited for the
+        GIL (a caller running Python holds it up to the switch interval, and
+        code that holds it runs in turns: pure Python read "for this call
+        only" twice, and every later call probed again): that is the reading
+        (a wait for a CPU instead is caught by ``starved``)."""
+        if self.again:
+            return False
         if any(len(marks) < 2 for marks in self.marks):
             return True
         if len(self.marks) != 2 or self.cut is not None or self.steady() is not None:
